@@ -1,0 +1,36 @@
+# Two entry points, both working on a fresh machine:
+#   make demo   venv + install, tiny models, a short search; prints the best merge
+#   make test   venv + install, lint, the whole test suite
+# STRATEGY=cma|random|llm picks the demo's search strategy.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STRATEGY ?= llm
+STORAGE ?= runs/demo
+
+.PHONY: install demo test lint models clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU torch wheel first: any other torch requirement would pull CUDA.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+models: install
+	$(PY) scripts/make_tiny_family.py --out models/tiny
+
+demo: models
+	$(PY) scripts/demo.py --strategy $(STRATEGY) --storage-path $(STORAGE)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+clean:
+	rm -rf runs models/tiny

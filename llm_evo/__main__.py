@@ -1,0 +1,5 @@
+"""`python -m llm_evo` is `llm-evo`."""
+
+from llm_evo.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""`llm-evo validate CONFIG`: every check a run would make, without running."""
+
+from __future__ import annotations
+
+import click
+
+from llm_evo.cli.common import load_with_overrides
+
+
+@click.command()
+@click.argument("config_path", metavar="CONFIG")
+@click.option("--task-search-path", multiple=True, help="Extra folder of lm-eval task YAMLs.")
+@click.option("--trust-remote-code", is_flag=True, default=False)
+@click.option("--i-understand-the-depths-of-the-evils-i-am-unleashing", "allow_benchmarks",
+              is_flag=True, default=False, help="Allow common benchmarks as objectives.")
+@click.option("--skip-tasks", is_flag=True, default=False,
+              help="Skip resolving lm-eval tasks (the slow step).")
+def validate(config_path: str, task_search_path: tuple[str, ...], trust_remote_code: bool,
+             allow_benchmarks: bool, skip_tasks: bool) -> None:
+    """Check CONFIG: models, architectures, layer groups, method needs and tasks."""
+    from llm_evo.genome import describe_axes
+    from llm_evo.resolve import (
+        build_genome,
+        check_benchmarks,
+        check_tasks,
+        make_task_manager,
+        task_search_paths,
+    )
+
+    config, config_dir = load_with_overrides(config_path, {})
+    for warning in check_benchmarks(config, allow_benchmarks):
+        click.echo(f"warning: {warning}", err=True)
+    genome = build_genome(config, config_dir, trust_remote_code)
+    paths = task_search_paths(config, task_search_path, config_dir)
+    if not skip_tasks:
+        check_tasks(config, make_task_manager(paths, [t.name for t in config.tasks]))
+    click.echo(f"{config_path}: OK")
+    click.echo(describe_axes(genome))
+    click.echo("axes:")
+    for axis in genome.space.axes:
+        click.echo(f"  [{axis.index:3d}] {axis.label}  in [{axis.low:g}, {axis.high:g}]")
+    tasks = ", ".join(f"{t.name} ({t.metric} x {t.weight:g})" for t in config.tasks)
+    click.echo(f"tasks: {tasks}")

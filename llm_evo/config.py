@@ -1,0 +1,226 @@
+"""The run configuration: frozen pydantic models validated once, at the edge.
+
+The `genome:`/`tasks:` sections and top-level lm-eval knobs are exactly mergekit-evolve's
+schema, so its configs load unchanged; `search:`, `evaluation:`, `llm:`, `kinship:` and
+`wandb:` are llm-evo's own optional sections. Every validation failure becomes a
+`ConfigError` whose one-line message names the offending field and file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llm_evo.errors import ConfigError
+
+MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_ties", "slerp"]
+METHODS_NEEDING_BASE = ("task_arithmetic", "ties", "dare_ties")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskConfig(_Frozen):
+    """One lm-eval task in the objective: score += weight * results[name][metric]."""
+
+    name: str = Field(min_length=1)
+    weight: float = 1.0
+    metric: str = "acc,none"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class GenomeConfig(_Frozen):
+    """mergekit-evolve's `genome:` section, field for field."""
+
+    models: list[str] = Field(min_length=1)
+    merge_method: MergeMethod
+    base_model: str | None = None
+    tokenizer_source: str | None = None
+    layer_granularity: int = Field(default=0, ge=0)
+    normalize: bool | None = None
+    allow_negative_weights: bool = False
+    smooth: bool = False
+    filters: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> GenomeConfig:
+        if self.merge_method in METHODS_NEEDING_BASE and not self.base_model:
+            raise ValueError(f"genome.base_model is required for merge_method {self.merge_method}")
+        if self.merge_method == "slerp":
+            n = len(self.models)
+            if n != 2:
+                raise ValueError(f"genome.models: slerp merges exactly 2 models, got {n}")
+            if self.smooth:
+                raise ValueError("genome.smooth is not supported for slerp")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("genome.models lists a model twice")
+        return self
+
+    @property
+    def effective_normalize(self) -> bool:
+        """mergekit-evolve's default: normalise for linear, ties and dare_ties."""
+        if self.normalize is not None:
+            return self.normalize
+        return self.merge_method in ("linear", "ties", "dare_ties")
+
+
+class SearchConfig(_Frozen):
+    strategy: str = "cma"
+    population_size: int | None = Field(default=None, ge=2)
+    max_generations: int = Field(default=10, ge=1)
+    seed: int = 42
+    sigma0: float = Field(default=0.2, gt=0)
+    sigma_low: float = Field(default=0.05, ge=0)
+    sigma_high: float = Field(default=0.2, ge=0)
+    evaluate_parents: bool = True
+
+
+class EvaluationConfig(_Frozen):
+    backend: Literal["hf", "vllm"] = "hf"
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | Literal["auto"] | None = None
+    apply_chat_template: bool | None = None
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    task_search_path: list[str] = Field(default_factory=list)
+    in_memory: bool = False
+
+
+class LLMConfig(_Frozen):
+    """The LLM strategy's chat model and how hard to try it (see docs/llm-strategy.md).
+
+    There is deliberately no api_key field: keys come from --api-key or OPENAI_API_KEY, so
+    they never land in a config file, a stored config or W&B.
+    """
+
+    model: str | None = None
+    base_url: str | None = None
+    max_retries: int = Field(default=3, ge=0)
+    top_k: int = Field(default=5, ge=1)
+    temperature: float = Field(default=0.7, ge=0)
+    history: int = Field(default=2, ge=0)
+    timeout: float = Field(default=60.0, gt=0)
+    system_prompt: str | None = None
+    user_prompt: str | None = None
+    max_tokens: int = Field(default=1024, ge=16)
+    thought_max_chars: int = Field(default=400, ge=0)
+    response_format: Literal["auto", "json_schema", "json_object", "text"] = "auto"
+    backoff_retries: int = Field(default=4, ge=0)
+    backoff_base: float = Field(default=1.0, gt=0)
+    backoff_max: float = Field(default=60.0, gt=0)
+
+
+class KinshipConfig(_Frozen):
+    metric: Literal["cs", "pcc", "ed"] = "cs"
+    penalty: float = Field(default=0.0, ge=0)
+    threshold: float = 0.9
+    against: Literal["elite", "population", "mean"] = "elite"
+    stagnation: float | None = None
+    stagnation_generations: int = Field(default=3, ge=1)
+
+
+class WandbConfig(_Frozen):
+    enabled: bool = False
+    project: str | None = None
+    entity: str | None = None
+    name: str | None = None
+
+
+class RunConfig(_Frozen):
+    """A whole run: mergekit-evolve's schema plus llm-evo's optional sections."""
+
+    genome: GenomeConfig
+    tasks: list[TaskConfig] = Field(min_length=1)
+    limit: int | None = Field(default=None, ge=1)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    shuffle: bool = False
+    random_init: bool = False
+    apply_chat_template: bool = True
+    fewshot_as_multiturn: bool = True
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    kinship: KinshipConfig = Field(default_factory=KinshipConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        names = [t.name for t in tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tasks: {', '.join(dupes)} listed twice")
+        return tasks
+
+    @property
+    def chat_template(self) -> bool:
+        if self.evaluation.apply_chat_template is not None:
+            return self.evaluation.apply_chat_template
+        return self.apply_chat_template
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    where = f" at {loc}" if loc else ""
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: invalid config{where}: {msg}{more}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> RunConfig:
+    """Validate a mapping into a RunConfig, raising ConfigError with a one-line message."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping with genome: and tasks:")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    return parse_config(data, str(path))
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply dotted-path overrides (e.g. {"search.seed": 3}); None values are ignored.
+
+    Re-validates the merged result, so a bad flag value fails like a bad config value.
+    """
+    data = config.model_dump(mode="python")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return parse_config(data, "command-line flags")

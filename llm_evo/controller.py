@@ -1,0 +1,285 @@
+"""The generation loop: ask the strategy, evaluate on the pool, record, tell.
+
+The controller owns Ray (through the pool), storage and progress output; strategies and
+the genome stay pure. Each finished evaluation is recorded before anything else happens,
+and `best_config.yaml` is rewritten the moment the best improves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_evo import __version__
+from llm_evo.config import RunConfig
+from llm_evo.errors import InvalidGenotypeError
+from llm_evo.evaluation.jobs import Job, JobResult, TaskSpec, WorkerSpec
+from llm_evo.genome import Genome
+from llm_evo.progress import GenerationProgress
+from llm_evo.storage import CandidateRecord, RunStorage
+from llm_evo.strategies import Strategy, make_strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run-time choices that are not part of the search definition (mostly CLI flags)."""
+
+    storage_path: str
+    ray_address: str | None = None
+    num_workers: int | None = None
+    num_gpus: int | None = None
+    merge_cuda: bool = True
+    trust_remote_code: bool = False
+    allow_crimes: bool = False
+    task_search_paths: tuple[str, ...] = ()  # added to the config's evaluation.task_search_path
+    config_dir: str | None = None  # where relative paths in the config may also resolve
+    save_final_model: bool = False
+    scheduling: str = "pool"
+    strategy_kwargs: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    best: CandidateRecord | None
+    parents: list[CandidateRecord]
+    evaluations: int
+    failed: int
+    elapsed: float
+    best_config_path: Path | None
+    final_model_path: Path | None
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"llm-evo": __version__, "python": platform.python_version()}
+    for pkg in ("mergekit", "lm-eval", "ray", "torch", "transformers", "cma", "openai"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class Controller:
+    """Runs one search: parents first, then `max_generations` generations."""
+
+    def __init__(self, config: RunConfig, genome: Genome, options: RunOptions,
+                 echo: Callable[[str], None] = print):
+        self.config = config
+        self.genome = genome
+        self.options = options
+        self.echo = echo
+        self.storage = RunStorage(options.storage_path)
+        self.root = Path(options.storage_path)
+        self.best: CandidateRecord | None = None
+        self.merge_dtype = "float32"
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def _worker_spec(self) -> WorkerSpec:
+        from llm_evo.resolve import task_search_paths
+
+        cfg = self.config
+        ev = cfg.evaluation
+        config_dir = Path(self.options.config_dir) if self.options.config_dir else None
+        paths = task_search_paths(cfg, self.options.task_search_paths, config_dir)
+        return WorkerSpec(
+            tasks=tuple(TaskSpec(t.name, t.weight, t.metric) for t in cfg.tasks),
+            task_search_paths=tuple(paths),
+            merge_dir=str((self.root / "merges").resolve()),
+            device=ev.device,
+            dtype=ev.dtype,
+            batch_size=ev.batch_size,
+            limit=cfg.limit,
+            num_fewshot=cfg.num_fewshot,
+            shuffle=cfg.shuffle,
+            seed=cfg.search.seed,
+            apply_chat_template=cfg.chat_template,
+            fewshot_as_multiturn=cfg.fewshot_as_multiturn,
+            model_args=dict(ev.model_args),
+            merge_cuda=self.options.merge_cuda,
+            trust_remote_code=self.options.trust_remote_code,
+            allow_crimes=self.options.allow_crimes,
+        )
+
+    def _strategy(self) -> Strategy:
+        s = self.config.search
+        return make_strategy(
+            s.strategy,
+            self.genome.space,
+            seed=s.seed,
+            population_size=s.population_size,
+            sigma0=s.sigma0,
+            sigma_low=s.sigma_low,
+            sigma_high=s.sigma_high,
+            random_init=self.config.random_init,
+            llm=self.config.llm,
+            **self.options.strategy_kwargs,
+        )
+
+    # ---- the run ---------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        from llm_evo.evaluation.pool import PoolOptions, WorkerPool
+
+        started = time.perf_counter()
+        strategy = self._strategy()  # fails fast (e.g. an LLM preflight) before Ray starts
+        run_id = self.storage.create_run(
+            self.config.canonical_json(), self.config.config_hash(), self.config.search.seed,
+            library_versions(),
+        )
+        self.storage.add_events(run_id, strategy.drain_events())
+        self.run_id = run_id
+        if self.options.scheduling != "pool":
+            self.echo(f"note: --strategy {self.options.scheduling} is not implemented yet; "
+                      "using pool scheduling")
+        pool = WorkerPool(self._worker_spec(), PoolOptions(
+            ray_address=self.options.ray_address,
+            num_workers=self.options.num_workers,
+            num_gpus=self.options.num_gpus,
+        ))
+        status = "failed"
+        try:
+            pool.start()
+            self._describe_workers(pool)
+            if self.config.search.evaluate_parents:
+                self._evaluate_parents(pool)
+            for gen in range(self.config.search.max_generations):
+                self._generation(gen, strategy, pool)
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.storage.set_status(run_id, status)
+            pool.shutdown()
+        final_path = self._final_merge() if self.options.save_final_model else None
+        cands = self.storage.candidates(run_id, kind="candidate")
+        return RunSummary(
+            run_id=run_id,
+            best=self.storage.best(run_id),
+            parents=self.storage.candidates(run_id, kind="parent"),
+            evaluations=len(cands),
+            failed=sum(c.status != "ok" for c in cands),
+            elapsed=time.perf_counter() - started,
+            best_config_path=self.root / "best_config.yaml" if self.best else None,
+            final_model_path=final_path,
+        )
+
+    def _describe_workers(self, pool) -> None:
+        infos = pool.worker_info
+        devices = sorted({i["device"] for i in infos})
+        self.merge_dtype = infos[0]["dtype"] if infos else "float32"
+        self.echo(f"workers: {len(infos)} on {', '.join(devices)} "
+                  f"(dtype {self.merge_dtype}); genes: {self.genome.n_genes}")
+
+    def _evaluate_parents(self, pool) -> None:
+        models = list(self.genome.models)
+        if self.genome.base_model and self.genome.base_model not in models:
+            models.append(self.genome.base_model)
+        jobs = [Job(-1, i, model_path=m, kind="parent", label=os.path.basename(m))
+                for i, m in enumerate(models)]
+        progress = GenerationProgress("parents", len(jobs), quiet=self.options.quiet)
+
+        def on_result(res: JobResult) -> None:
+            job = jobs[res.idx]
+            self.storage.record(self.run_id, _record(res, job, None, None))
+            progress.update(res.score if res.status == "ok" else None)
+
+        pool.run(jobs, on_result)
+        progress.close()
+
+    def _generation(self, gen: int, strategy: Strategy, pool) -> None:
+        genotypes = [np.asarray(g, dtype=np.float64) for g in strategy.ask()]
+        self.storage.add_events(self.run_id, strategy.drain_events())
+        scores: list[float | None] = [None] * len(genotypes)
+        progress = GenerationProgress(f"gen {gen + 1}/{self.config.search.max_generations}",
+                                      len(genotypes), best=self._best_score(),
+                                      quiet=self.options.quiet)
+        jobs: list[Job] = []
+        configs: dict[int, str] = {}
+        for idx, genotype in enumerate(genotypes):
+            try:
+                cfg = self.genome.merge_config_dict(genotype, self.merge_dtype)
+            except InvalidGenotypeError as exc:
+                rec = CandidateRecord(gen, idx, "candidate", None, genotype.tolist(), None, None,
+                                      None, "failed", f"InvalidGenotypeError: {exc}")
+                self.storage.record(self.run_id, rec)
+                progress.update(None)
+                continue
+            configs[idx] = self.genome.to_yaml(genotype, self.merge_dtype)
+            jobs.append(Job(gen, idx, merge_config=cfg))
+
+        def on_result(res: JobResult) -> None:
+            rec = _record(res, None, genotypes[res.idx], configs.get(res.idx))
+            self.storage.record(self.run_id, rec)
+            if res.status == "ok":
+                scores[res.idx] = res.score
+                self._maybe_new_best(rec)
+            progress.update(res.score if res.status == "ok" else None, best=self._best_score())
+
+        pool.run(jobs, on_result)
+        progress.close()
+        strategy.tell(genotypes, scores)
+        self.storage.add_events(self.run_id, strategy.drain_events())
+        self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict())
+
+    # ---- best-so-far -----------------------------------------------------------------------
+    def _best_score(self) -> float | None:
+        return self.best.raw_score if self.best else None
+
+    def _maybe_new_best(self, rec: CandidateRecord) -> None:
+        score = rec.raw_score if rec.raw_score is not None else rec.score
+        if score is None or (self.best is not None and score <= self._best_score()):
+            return
+        self.best = CandidateRecord(**{**rec.__dict__, "raw_score": score})
+        target = self.root / "best_config.yaml"
+        tmp = target.with_suffix(".yaml.tmp")
+        tmp.write_text(rec.merge_config or "")
+        os.replace(tmp, target)
+
+    def _final_merge(self) -> Path | None:
+        if self.best is None or not self.best.merge_config:
+            return None
+        import yaml
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge
+        from mergekit.options import MergeOptions
+
+        out = self.root / "final_model"
+        cfg = MergeConfiguration.model_validate(yaml.safe_load(self.best.merge_config))
+        run_merge(cfg, out_path=str(out), options=MergeOptions(
+            copy_tokenizer=True, trust_remote_code=self.options.trust_remote_code,
+            allow_crimes=self.options.allow_crimes, lazy_unpickle=True, quiet=True))
+        return out
+
+
+def _record(res: JobResult, job: Job | None, genotype: np.ndarray | None,
+            merge_config: str | None) -> CandidateRecord:
+    return CandidateRecord(
+        generation=res.generation,
+        idx=res.idx,
+        kind=job.kind if job else "candidate",
+        label=job.label if job else None,
+        genotype=genotype.tolist() if genotype is not None else None,
+        merge_config=merge_config,
+        results=res.results,
+        score=res.score,
+        status=res.status,
+        error=res.error,
+        t_merge=res.t_merge,
+        t_eval=res.t_eval,
+        t_total=res.t_total,
+        worker=res.worker,
+    )

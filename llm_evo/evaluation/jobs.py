@@ -1,0 +1,63 @@
+"""Plain data that crosses the Ray boundary: what to evaluate and how, and the outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    weight: float
+    metric: str
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, fixed for the run; built once by the controller."""
+
+    tasks: tuple[TaskSpec, ...]
+    task_search_paths: tuple[str, ...]
+    merge_dir: str
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | str | None = None
+    limit: int | None = None
+    num_fewshot: int | None = None
+    shuffle: bool = False
+    seed: int = 0
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = True
+    model_args: dict[str, Any] = field(default_factory=dict)
+    merge_cuda: bool = False
+    trust_remote_code: bool = False
+    allow_crimes: bool = False
+    torch_threads: int | None = None
+    keep_merges: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One evaluation: a merge config to build, or an existing model (a parent) to score."""
+
+    generation: int
+    idx: int
+    merge_config: dict[str, Any] | None = None
+    model_path: str | None = None
+    kind: str = "candidate"
+    label: str | None = None
+
+
+@dataclass
+class JobResult:
+    generation: int
+    idx: int
+    status: str  # "ok" or "failed"
+    score: float | None = None
+    results: dict[str, float] | None = None
+    error: str | None = None
+    t_merge: float | None = None
+    t_eval: float | None = None
+    t_total: float | None = None
+    worker: str | None = None

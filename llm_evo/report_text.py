@@ -1,0 +1,47 @@
+"""The end-of-run summary printed by `llm-evo run`: best merge vs. every parent."""
+
+from __future__ import annotations
+
+from llm_evo.config import RunConfig
+
+
+def _row(name: str, results: dict[str, float] | None, score: float | None,
+         keys: list[str]) -> str:
+    cells = [f"{(results or {}).get(k, float('nan')):>10.4f}" for k in keys]
+    mean = sum((results or {}).get(k, 0.0) for k in keys) / max(len(keys), 1)
+    score_cell = f"{score:>9.4f}" if score is not None else f"{'failed':>9}"
+    return f"{name:<28}{''.join(cells)}{mean:>10.4f}{score_cell}"
+
+
+def summary_text(summary, config: RunConfig) -> str:
+    keys = [f"{t.name}/{t.metric}" for t in config.tasks]
+    header = f"{'model':<28}" + "".join(f"{k.split('/')[0][:10]:>10}" for k in keys)
+    header += f"{'mean':>10}{'score':>9}"
+    lines = [
+        f"run {summary.run_id}: {summary.evaluations} candidates evaluated "
+        f"({summary.failed} failed) in {summary.elapsed:.0f}s",
+        "",
+        header,
+    ]
+    for p in summary.parents:
+        lines.append(_row(f"parent {p.label}", p.results, p.score if p.status == "ok" else None,
+                          keys))
+    best = summary.best
+    if best is None:
+        lines.append("no candidate finished successfully")
+        return "\n".join(lines)
+    lines.append(_row(f"best merge (gen {best.generation + 1})", best.results, best.raw_score,
+                      keys))
+    parent_means = [
+        sum((p.results or {}).get(k, 0.0) for k in keys) / len(keys)
+        for p in summary.parents if p.status == "ok"
+    ]
+    best_mean = sum((best.results or {}).get(k, 0.0) for k in keys) / len(keys)
+    if parent_means:
+        verdict = "beats" if best_mean > max(parent_means) else "does not beat"
+        lines.append(f"\nbest merge mean {best_mean:.4f} {verdict} the best parent mean "
+                     f"{max(parent_means):.4f}")
+    lines += ["", f"best merge config ({summary.best_config_path}):", best.merge_config or ""]
+    if summary.final_model_path:
+        lines.append(f"final model: {summary.final_model_path}")
+    return "\n".join(lines)

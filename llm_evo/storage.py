@@ -1,0 +1,235 @@
+"""The run ledger: one SQLite file under the storage path.
+
+Everything a run learns is written here first, one transaction per finished evaluation,
+so a crash loses nothing completed; progress, reports, W&B and resume all read from it.
+Secrets never reach this module: configs hold no keys, and events are written as given
+by strategies, which never see a key in their payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    config_json TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    versions_json TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'running',
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    generation INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'candidate',
+    label TEXT,
+    genotype_json TEXT,
+    merge_config TEXT,
+    results_json TEXT,
+    score REAL,
+    raw_score REAL,
+    kinship REAL,
+    status TEXT NOT NULL,
+    error TEXT,
+    t_merge REAL,
+    t_eval REAL,
+    t_total REAL,
+    worker TEXT,
+    created REAL NOT NULL,
+    UNIQUE (run_id, generation, idx)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    generation INTEGER,
+    kind TEXT NOT NULL,
+    payload_json TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    generation INTEGER NOT NULL,
+    state_json TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, generation)
+);
+"""
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    """One finished evaluation, as stored."""
+
+    generation: int
+    idx: int
+    kind: str
+    label: str | None
+    genotype: list[float] | None
+    merge_config: str | None
+    results: dict[str, Any] | None
+    score: float | None
+    status: str
+    error: str | None
+    t_merge: float | None = None
+    t_eval: float | None = None
+    t_total: float | None = None
+    worker: str | None = None
+    raw_score: float | None = None
+    kinship: float | None = None
+
+
+class RunStorage:
+    """A SQLite ledger of runs, candidates, events and strategy checkpoints."""
+
+    FILENAME = "llm_evo.sqlite"
+
+    def __init__(self, path: str | Path):
+        self.root = Path(path)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / self.FILENAME
+        self.conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _tx(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        with self.conn:
+            self.conn.execute("BEGIN")
+            return self.conn.execute(sql, params)
+
+    # ---- runs ------------------------------------------------------------------------------
+    def create_run(self, config_json: str, config_hash: str, seed: int,
+                   versions: dict[str, str]) -> int:
+        cur = self._tx(
+            "INSERT INTO runs (created, config_json, config_hash, seed, versions_json) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (time.time(), config_json, config_hash, seed, json.dumps(versions)),
+        )
+        return int(cur.lastrowid)
+
+    def latest_run(self) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT id, config_json, config_hash, seed, status FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("id", "config_json", "config_hash", "seed", "status"), row, strict=True))
+
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT r.id, r.created, r.config_hash, r.status, r.finished, "
+            "(SELECT COUNT(*) FROM candidates c WHERE c.run_id = r.id), "
+            "(SELECT MAX(score) FROM candidates c WHERE c.run_id = r.id AND c.kind='candidate'), "
+            "(SELECT MAX(generation) FROM candidates c WHERE c.run_id = r.id) "
+            "FROM runs r ORDER BY r.id"
+        ).fetchall()
+        keys = ("id", "created", "config_hash", "status", "finished", "evaluations",
+                "best_score", "last_generation")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def set_status(self, run_id: int, status: str) -> None:
+        finished = time.time() if status in ("finished", "failed", "interrupted") else None
+        self._tx("UPDATE runs SET status = ?, finished = ? WHERE id = ?",
+                 (status, finished, run_id))
+
+    # ---- candidates ------------------------------------------------------------------------
+    def record(self, run_id: int, rec: CandidateRecord) -> None:
+        """Write one finished evaluation in its own transaction (idempotent per slot)."""
+        self._tx(
+            "INSERT OR REPLACE INTO candidates (run_id, generation, idx, kind, label, "
+            "genotype_json, merge_config, results_json, score, raw_score, kinship, status, "
+            "error, t_merge, t_eval, t_total, worker, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id, rec.generation, rec.idx, rec.kind, rec.label,
+                json.dumps(rec.genotype) if rec.genotype is not None else None,
+                rec.merge_config,
+                json.dumps(rec.results) if rec.results is not None else None,
+                rec.score, rec.raw_score if rec.raw_score is not None else rec.score,
+                rec.kinship, rec.status, rec.error, rec.t_merge, rec.t_eval, rec.t_total,
+                rec.worker, time.time(),
+            ),
+        )
+
+    def candidates(self, run_id: int, generation: int | None = None,
+                   kind: str | None = None) -> list[CandidateRecord]:
+        sql = ("SELECT generation, idx, kind, label, genotype_json, merge_config, results_json, "
+               "score, status, error, t_merge, t_eval, t_total, worker, raw_score, kinship "
+               "FROM candidates WHERE run_id = ?")
+        params: list[Any] = [run_id]
+        if generation is not None:
+            sql += " AND generation = ?"
+            params.append(generation)
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        rows = self.conn.execute(sql + " ORDER BY generation, idx", params).fetchall()
+        return [
+            CandidateRecord(
+                generation=r[0], idx=r[1], kind=r[2], label=r[3],
+                genotype=json.loads(r[4]) if r[4] else None, merge_config=r[5],
+                results=json.loads(r[6]) if r[6] else None, score=r[7], status=r[8],
+                error=r[9], t_merge=r[10], t_eval=r[11], t_total=r[12], worker=r[13],
+                raw_score=r[14], kinship=r[15],
+            )
+            for r in rows
+        ]
+
+    def best(self, run_id: int) -> CandidateRecord | None:
+        """The best successful merge candidate by raw score (parents excluded)."""
+        ok = [c for c in self.candidates(run_id, kind="candidate") if c.status == "ok"]
+        return max(ok, key=lambda c: c.raw_score, default=None)
+
+    # ---- events and checkpoints ------------------------------------------------------------
+    def add_events(self, run_id: int, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        now = time.time()
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "INSERT INTO events (run_id, generation, kind, payload_json, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (run_id, e.get("generation"), e["kind"],
+                     json.dumps({k: v for k, v in e.items() if k not in ("kind", "generation")},
+                                default=str), now)
+                    for e in events
+                ],
+            )
+
+    def events(self, run_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT generation, kind, payload_json FROM events WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        rows = self.conn.execute(sql + " ORDER BY id", params).fetchall()
+        return [{"generation": g, "kind": k, **json.loads(p)} for g, k, p in rows]
+
+    def save_checkpoint(self, run_id: int, generation: int, state: dict[str, Any]) -> None:
+        self._tx(
+            "INSERT OR REPLACE INTO checkpoints (run_id, generation, state_json, created) "
+            "VALUES (?, ?, ?, ?)",
+            (run_id, generation, json.dumps(state), time.time()),
+        )
+
+    def latest_checkpoint(self, run_id: int) -> tuple[int, dict[str, Any]] | None:
+        row = self.conn.execute(
+            "SELECT generation, state_json FROM checkpoints WHERE run_id = ? "
+            "ORDER BY generation DESC LIMIT 1", (run_id,)
+        ).fetchone()
+        return (row[0], json.loads(row[1])) if row else None

@@ -1,0 +1,78 @@
+"""The ask/tell contract every search strategy implements (cf. optuna's samplers).
+
+A strategy is a pure object: it proposes genotypes and learns from their scores. It owns
+no Ray, storage or logging; the controller drains `events` (LLM transcripts, sigma choices,
+restarts) after each call and records them. `state_dict()` must be JSON-serialisable so a
+run can resume from storage.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from llm_evo.genome import SearchSpace
+
+
+def default_population_size(n_genes: int) -> int:
+    """CMA-ES's rule, 4 + floor(3 ln n): small spaces get small, cheap generations."""
+    return 4 + int(3 * math.log(max(n_genes, 1)))
+
+
+class Strategy(ABC):
+    """Proposes genotypes inside `space` and learns from their scores (higher is better)."""
+
+    name: str = "base"
+
+    def __init__(self, space: SearchSpace, *, seed: int = 0, population_size: int | None = None,
+                 **options: Any) -> None:
+        self.space = space
+        self.seed = seed
+        self.population_size = population_size or default_population_size(space.n_genes)
+        self.options = options
+        self.generation = 0
+        self.events: list[dict[str, Any]] = []
+
+    @abstractmethod
+    def ask(self) -> list[np.ndarray]:
+        """The next generation's genotypes, each inside [space.lower, space.upper]."""
+
+    @abstractmethod
+    def tell(self, genotypes: list[np.ndarray], scores: list[float | None]) -> None:
+        """Scores for the genotypes of the last ask(); None marks a failed candidate."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this strategy stands (JSON-safe)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by state_dict()."""
+
+    def emit(self, kind: str, **payload: Any) -> None:
+        """Queue an event for the controller to record (never logged here)."""
+        self.events.append({"kind": kind, "generation": self.generation, **payload})
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+
+def fill_failed(scores: list[float | None]) -> np.ndarray:
+    """Failed candidates score just below the worst success, so they lose every ranking."""
+    valid = [s for s in scores if s is not None and math.isfinite(s)]
+    floor = (min(valid) - 1.0) if valid else -1.0
+    return np.array([s if s is not None and math.isfinite(s) else floor for s in scores])
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return rng.bit_generator.state
+
+
+def rng_from_state(state: dict[str, Any]) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng

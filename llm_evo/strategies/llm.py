@@ -1,0 +1,295 @@
+"""An LLM as the evolution strategy (EvoLLM, arXiv 2402.18381; LLM-Evo-Merge).
+
+Each generation the chat model sees the top-k genomes so far (worst to best, genes as
+labelled 0..100 integers) and proposes the next mean; the population is Gaussian noise
+around that mean, with a small step after an improvement and a large one otherwise. Every
+failure mode of the model or the server ends in a documented fallback (the best genome so
+far), recorded as an event, so a run never dies of a bad answer. See docs/llm-strategy.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from llm_evo.config import LLMConfig
+from llm_evo.errors import ConfigError
+from llm_evo.genome import SearchSpace
+from llm_evo.llm.client import ChatClient, LLMCallError
+from llm_evo.llm.parse import AnswerError, parse_answer
+from llm_evo.llm.prompts import Layout, PromptTemplates
+from llm_evo.strategies.base import Strategy, rng_from_state, rng_state
+
+logger = logging.getLogger(__name__)
+
+
+class LLMStrategy(Strategy):
+    """Ask/tell around a chat model's proposed mean genome.
+
+    Population: `population_size` or the CMA-ES rule 4 + floor(3 ln n_genes). Generation 0
+    is the uniform genotype plus sigma_high perturbations of it; later generations are the
+    proposed mean plus sigma perturbations of it (sigma scaled by each gene's range).
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        seed: int = 0,
+        population_size: int | None = None,
+        sigma_low: float = 0.05,
+        sigma_high: float = 0.2,
+        llm: LLMConfig | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        preflight: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(space, seed=seed, population_size=population_size, **kwargs)
+        if sigma_low < 0 or sigma_high < 0 or not (
+            math.isfinite(sigma_low) and math.isfinite(sigma_high)
+        ):
+            raise ConfigError("search.sigma_low/sigma_high: must be finite and >= 0")
+        self.cfg = llm or LLMConfig()
+        self.sigma_low = float(sigma_low)
+        self.sigma_high = float(sigma_high)
+        model = model or self.cfg.model
+        base_url = base_url or self.cfg.base_url or os.environ.get("OPENAI_BASE_URL")
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not model:
+            raise ConfigError("llm.model: the llm strategy needs a chat model (set --llm-model)")
+        if not base_url:
+            raise ConfigError(
+                "llm.base_url: the llm strategy needs a server URL "
+                "(set --llm-base-url or OPENAI_BASE_URL)"
+            )
+        self.layout = Layout.from_space(space)
+        self.templates = PromptTemplates(self.cfg.system_prompt, self.cfg.user_prompt)
+        self.system_prompt = self.templates.render_system(self.layout, self.cfg.thought_max_chars)
+        self.schema = self.layout.schema(self.cfg.thought_max_chars)
+        self.client = ChatClient(
+            base_url=base_url,
+            api_key=api_key,
+            model=model,
+            timeout=self.cfg.timeout,
+            temperature=self.cfg.temperature,
+            max_tokens=self.cfg.max_tokens,
+            response_format=self.cfg.response_format,
+            backoff_retries=self.cfg.backoff_retries,
+            backoff_base=self.cfg.backoff_base,
+            backoff_max=self.cfg.backoff_max,
+            notify=self.emit,
+        )
+        self.rng = np.random.default_rng(seed)
+        self.best_genotype: np.ndarray | None = None
+        self.best_fitness: float | None = None
+        self.archive: list[tuple[np.ndarray, float]] = []  # top-k, best first
+        self.history: list[list[dict[str, str]]] = []  # last N accepted exchanges
+        self.improved = False
+        self._pending: list[np.ndarray] | None = None
+        self.emit(
+            "llm_config", model=model, base_url=self.client.url,
+            response_format=self.cfg.response_format, temperature=self.cfg.temperature,
+            top_k=self.cfg.top_k, history=self.cfg.history, max_retries=self.cfg.max_retries,
+            population_size=self.population_size, rows=self.layout.rows,
+            cols=self.layout.cols, system_prompt=self.system_prompt,
+        )
+        if preflight:
+            self._preflight()
+
+    # ---- start-up -----------------------------------------------------------------------------
+    def _preflight(self) -> None:
+        """401/403/404 stop the run here (ConfigError); an unreachable server only warns,
+        since every generation can still fall back to the best genome."""
+        try:
+            self.client.preflight()
+        except LLMCallError as exc:
+            self.emit("llm_preflight", ok=False, reason=exc.reason, error=exc.detail)
+            logger.warning("llm preflight failed (%s): %s; the run goes on and falls back "
+                           "to the best genome while the server is unavailable",
+                           exc.reason, exc.detail)
+            return
+        self.emit("llm_preflight", ok=True, reason=None, error=None)
+
+    # ---- ask/tell -----------------------------------------------------------------------------
+    def ask(self) -> list[np.ndarray]:
+        if self._pending is None:
+            if self.generation == 0:
+                mean, sigma = self._start(), self.sigma_high
+                self.emit("sigma", sigma=sigma, improved=False, reason="generation 0")
+            else:
+                mean = self._propose_mean()
+                sigma = self.sigma_low if self.improved else self.sigma_high
+                self.emit("sigma", sigma=sigma, improved=self.improved,
+                          reason="best improved" if self.improved else "no improvement")
+            self._pending = self._population(mean, sigma)
+        return [x.copy() for x in self._pending]
+
+    def _start(self) -> np.ndarray:
+        """Generation 0's mean: the uniform merge, or a seeded random point with
+        mergekit-evolve's `random_init: true`."""
+        if self.options.get("random_init"):
+            return self.rng.uniform(self.space.lower, self.space.upper)
+        return self.space.initial.copy()
+
+    def _population(self, mean: np.ndarray, sigma: float) -> list[np.ndarray]:
+        """The mean itself, then Gaussian perturbations clipped to the real gene ranges."""
+        span = self.space.upper - self.space.lower
+        out = [self.space.clip(mean)]
+        for _ in range(self.population_size - 1):
+            noise = self.rng.standard_normal(self.space.n_genes) * sigma * span
+            out.append(self.space.clip(mean + noise))
+        return out
+
+    def tell(self, genotypes: list[np.ndarray], scores: list[float | None]) -> None:
+        if len(genotypes) != len(scores):
+            raise ValueError(f"tell() got {len(genotypes)} genotypes and {len(scores)} scores")
+        previous = self.best_fitness
+        for genotype, score in zip(genotypes, scores, strict=True):
+            if score is None or not math.isfinite(score):
+                continue
+            self._archive(self.space.clip(genotype), float(score))
+        if self.archive:
+            self.best_genotype, self.best_fitness = self.archive[0][0].copy(), self.archive[0][1]
+        self.improved = self.best_fitness is not None and (
+            previous is None or self.best_fitness > previous
+        )
+        self._pending = None
+        self.generation += 1
+
+    def _archive(self, genotype: np.ndarray, fitness: float) -> None:
+        for i, (other, other_fitness) in enumerate(self.archive):
+            if np.array_equal(other, genotype):
+                if fitness > other_fitness:
+                    self.archive[i] = (genotype, fitness)
+                    self.archive.sort(key=lambda e: -e[1])
+                return
+        self.archive.append((genotype, fitness))
+        self.archive.sort(key=lambda e: -e[1])  # stable: earlier wins ties
+        del self.archive[self.cfg.top_k:]
+
+    # ---- the model ----------------------------------------------------------------------------
+    def _messages(self, user: str) -> list[dict[str, str]]:
+        window = self.history[-self.cfg.history:] if self.cfg.history else []
+        messages = [{"role": "system", "content": self.system_prompt}]
+        for exchange in window:
+            messages.extend(exchange)
+        messages.append({"role": "user", "content": user})
+        return messages
+
+    def _propose_mean(self) -> np.ndarray:
+        """The model's mean genome, or the best genome so far when it cannot give one."""
+        examples = [(g, f) for g, f in reversed(self.archive)]  # worst to best
+        user = self.templates.render_user(
+            self.layout, self.cfg.thought_max_chars, self.generation, self.best_fitness, examples
+        )
+        messages = self._messages(user)
+        tries = self.cfg.max_retries + 1
+        last_error = ""
+        for attempt in range(1, tries + 1):
+            try:
+                completion = self.client.complete(messages, self.schema)
+            except LLMCallError as exc:
+                self._exchange(messages[-1]["content"], None, None, attempt, exc.detail,
+                               outcome=exc.reason)
+                return self._fallback(exc.reason, exc.detail)
+            try:
+                thought, values = parse_answer(
+                    completion.text, self.layout.rows, self.layout.cols,
+                    self.layout.gene_labels(),
+                )
+            except AnswerError as exc:
+                last_error = str(exc)
+                if completion.finish_reason == "length":
+                    last_error += (" (the answer hit the token limit and was cut off: send only "
+                                   "the JSON object, with a short thought)")
+                self._exchange(messages[-1]["content"], completion.text, None, attempt,
+                               last_error, outcome="invalid", mode=completion.mode)
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": completion.text},
+                    {"role": "user", "content": (
+                        f"Your answer was invalid: {last_error}. Reply again with only the "
+                        f"JSON object: mean_genome must be {self.layout.rows} lists of "
+                        f"{self.layout.cols} integers between 0 and 100."
+                    )},
+                ]
+                continue
+            self._exchange(messages[-1]["content"], completion.text, thought, attempt, None,
+                           outcome="accepted", mode=completion.mode)
+            mean = self.layout.from_scale(values)
+            # The history keeps a clean, bounded copy of the answer, not the raw text.
+            short = thought[: self.cfg.thought_max_chars]
+            answer = json.dumps({"thought": short, "mean_genome": self.layout.grid(mean)})
+            self.history.append([
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": answer},
+            ])
+            del self.history[: max(len(self.history) - self.cfg.history, 0)]
+            self.emit("llm_mean", source="llm", genotype=mean.tolist(),
+                      mean_genome=self.layout.grid(mean))
+            return mean
+        return self._fallback(
+            "invalid_answers", f"{tries} invalid answer(s); last error: {last_error}"
+        )
+
+    def _exchange(self, prompt: str, response: str | None, thought: str | None, attempt: int,
+                  error: str | None, outcome: str, mode: str | None = None) -> None:
+        self.emit(
+            "llm_exchange", prompt=prompt, response=response, thought=thought,
+            response_format=mode or self.client.mode, attempt=attempt, error=error,
+            outcome=outcome,
+        )
+
+    def _fallback(self, reason: str, detail: str) -> np.ndarray:
+        source = "best" if self.best_genotype is not None else "initial"
+        mean = (self.best_genotype if self.best_genotype is not None else self.space.initial)
+        logger.warning("llm strategy, generation %d: no usable proposal (%s: %s); "
+                       "the mean falls back to the %s genome", self.generation, reason,
+                       detail, "best" if source == "best" else "uniform")
+        self.emit("llm_fallback", reason=reason, detail=detail, mean_source=source)
+        self.emit("llm_mean", source=source, genotype=mean.tolist(),
+                  mean_genome=self.layout.grid(mean))
+        return mean.copy()
+
+    # ---- resume -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "rng": rng_state(self.rng),
+            "best_genotype": None if self.best_genotype is None else self.best_genotype.tolist(),
+            "best_fitness": self.best_fitness,
+            "archive": [{"genotype": g.tolist(), "fitness": f} for g, f in self.archive],
+            "history": self.history,
+            "improved": self.improved,
+            "response_format": self.client.mode,
+            "pending": None if self._pending is None else [x.tolist() for x in self._pending],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generation = int(state["generation"])
+        self.rng = rng_from_state(state["rng"])
+        best = state.get("best_genotype")
+        self.best_genotype = None if best is None else np.asarray(best, dtype=np.float64)
+        best_fitness = state.get("best_fitness")
+        self.best_fitness = None if best_fitness is None else float(best_fitness)
+        self.archive = [
+            (np.asarray(e["genotype"], dtype=np.float64), float(e["fitness"]))
+            for e in state.get("archive", [])
+        ]
+        self.history = [list(ex) for ex in state.get("history", [])]
+        self.improved = bool(state.get("improved", False))
+        if not self.client.forced:
+            self.client.mode = state.get("response_format")
+        pending = state.get("pending")
+        self._pending = (
+            None if pending is None else [np.asarray(x, dtype=np.float64) for x in pending]
+        )

@@ -1,0 +1,64 @@
+"""Session fixtures shared by the whole suite: the tiny model family, built once.
+
+The family is generated offline by scripts/make_tiny_family.py into models/tiny and reused
+across sessions while the script's fingerprint is unchanged (the demo shares it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def _load_script(name: str):
+    path = REPO / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_family() -> dict:
+    """The tiny Llama family (base + skill fine-tunes + lm-eval tasks), built once.
+
+    LLM_EVO_TINY_FAMILY may name an already-built family folder (with family.json).
+    """
+    existing = os.environ.get("LLM_EVO_TINY_FAMILY")
+    if existing:
+        import json
+
+        return json.loads((Path(existing) / "family.json").read_text())
+    builder = _load_script("make_tiny_family")
+    return builder.build_family(REPO / "models" / "tiny")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

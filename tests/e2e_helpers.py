@@ -1,0 +1,42 @@
+"""Small configs over the tiny family for end-to-end runs (real Ray, mergekit, lm-eval)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+FAMILY = ("ft_arith", "ft_category")
+TASKS = ("tiny_skill_arith", "tiny_skill_category")
+
+
+def family_dir(tiny_family: dict) -> Path:
+    return Path(tiny_family["root"]) if "root" in tiny_family else (
+        Path(__file__).resolve().parent.parent / "models" / "tiny")
+
+
+def write_config(tmp_path: Path, tiny_family: dict, *, method: str = "task_arithmetic",
+                 strategy: str = "cma", population: int = 4, generations: int = 2,
+                 limit: int | None = 40, extra: dict | None = None) -> Path:
+    root = family_dir(tiny_family)
+    cfg = {
+        "genome": {
+            "models": [str(root / m) for m in FAMILY],
+            "merge_method": method,
+            "base_model": str(root / "base"),
+            "layer_granularity": 4,
+            "normalize": False,
+        },
+        "tasks": list(TASKS),
+        "limit": limit,
+        "apply_chat_template": False,
+        "fewshot_as_multiturn": False,
+        "search": {"strategy": strategy, "population_size": population,
+                   "max_generations": generations, "seed": 7},
+        "evaluation": {"task_search_path": [str(root / "tasks")]},
+    }
+    for key, value in (extra or {}).items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -1,0 +1,98 @@
+"""The config schema: mergekit-evolve's fields accepted unchanged, errors named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from llm_evo.config import load_config, parse_config, with_overrides
+from llm_evo.errors import ConfigError
+
+MINIMAL = {
+    "genome": {"models": ["a", "b"], "merge_method": "linear"},
+    "tasks": ["task_one", {"name": "task_two", "weight": 0.5, "metric": "acc_norm,none"}],
+}
+
+
+def test_tasks_accept_strings_and_mappings():
+    cfg = parse_config(MINIMAL)
+    assert [t.name for t in cfg.tasks] == ["task_one", "task_two"]
+    assert cfg.tasks[0].metric == "acc,none" and cfg.tasks[0].weight == 1.0
+    assert cfg.tasks[1].metric == "acc_norm,none" and cfg.tasks[1].weight == 0.5
+
+
+def test_mergekit_evolve_defaults():
+    cfg = parse_config(MINIMAL)
+    assert cfg.apply_chat_template is True and cfg.fewshot_as_multiturn is True
+    assert cfg.genome.effective_normalize is True  # linear normalises by default
+    ta = parse_config({**MINIMAL, "genome": {"models": ["a"], "merge_method": "task_arithmetic",
+                                             "base_model": "b"}})
+    assert ta.genome.effective_normalize is False
+
+
+def test_config_is_frozen():
+    cfg = parse_config(MINIMAL)
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type
+        cfg.limit = 3
+
+
+@pytest.mark.parametrize(
+    "genome, field",
+    [
+        ({"models": ["a"], "merge_method": "ties"}, "base_model"),
+        ({"models": ["a", "b", "c"], "merge_method": "slerp"}, "slerp merges exactly 2"),
+        ({"models": ["a", "b"], "merge_method": "bogus"}, "genome.merge_method"),
+        ({"models": [], "merge_method": "linear"}, "genome.models"),
+        ({"models": ["a", "b"], "merge_method": "linear", "layer_granularity": -1},
+         "genome.layer_granularity"),
+        ({"models": ["a", "b"], "merge_method": "linear", "colour": "red"}, "genome.colour"),
+    ],
+)
+def test_bad_genome_names_the_field(genome, field):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"genome": genome, "tasks": ["t"]}, "cfg.yml")
+    message = str(err.value)
+    assert field in message and message.startswith("cfg.yml")
+    assert "\n" not in message
+
+
+def test_duplicate_tasks_rejected():
+    with pytest.raises(ConfigError, match="listed twice"):
+        parse_config({**MINIMAL, "tasks": ["t", "t"]})
+
+
+def test_load_config_reports_yaml_line(tmp_path):
+    path = tmp_path / "bad.yml"
+    path.write_text("genome:\n  models: [a, b\ntasks: [t]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "line" in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yml")
+
+
+def test_overrides_revalidate():
+    cfg = parse_config(MINIMAL)
+    new = with_overrides(cfg, {"search.seed": 7, "search.max_generations": None})
+    assert new.search.seed == 7 and new.search.max_generations == cfg.search.max_generations
+    with pytest.raises(ConfigError, match="search.population_size"):
+        with_overrides(cfg, {"search.population_size": 1})
+
+
+def test_config_hash_tracks_content():
+    a = parse_config(MINIMAL)
+    b = parse_config(yaml.safe_load(yaml.safe_dump(MINIMAL)))
+    c = with_overrides(a, {"search.seed": 1})
+    assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_reserved_sections_validate():
+    cfg = parse_config({**MINIMAL, "llm": {"model": "m", "top_k": 3},
+                        "kinship": {"metric": "pcc", "penalty": 0.5},
+                        "wandb": {"enabled": True, "project": "p"}})
+    assert cfg.kinship.metric == "pcc" and cfg.llm.top_k == 3
+    with pytest.raises(ConfigError, match="kinship.metric"):
+        parse_config({**MINIMAL, "kinship": {"metric": "cosine"}})

@@ -1,0 +1,55 @@
+"""The SQLite run ledger: records survive reopening, one row per slot, best by raw score."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from llm_evo.storage import CandidateRecord, RunStorage
+
+
+def rec(gen, idx, score, status="ok", kind="candidate", raw=None):
+    return CandidateRecord(gen, idx, kind, None, [0.1, 0.2], "merge_method: linear\n",
+                           {"t/acc,none": score or 0}, score, status,
+                           None if status == "ok" else "boom", raw_score=raw)
+
+
+def test_records_persist_across_connections(tmp_path):
+    s = RunStorage(tmp_path)
+    run = s.create_run("{}", "abc", 1, {"x": "1"})
+    s.record(run, rec(0, 0, 0.5))
+    s.record(run, rec(0, 1, None, status="failed"))
+    s.close()
+    again = RunStorage(tmp_path)
+    got = again.candidates(run)
+    assert [(c.idx, c.status, c.error) for c in got] == [(0, "ok", None), (1, "failed", "boom")]
+    assert got[0].genotype == [0.1, 0.2] and got[0].results == {"t/acc,none": 0.5}
+
+
+def test_same_slot_is_replaced_not_duplicated(tmp_path):
+    s = RunStorage(tmp_path)
+    run = s.create_run("{}", "abc", 1, {})
+    s.record(run, rec(0, 0, 0.1))
+    s.record(run, rec(0, 0, 0.2))
+    rows = sqlite3.connect(s.db_path).execute("SELECT COUNT(*) FROM candidates").fetchone()
+    assert rows[0] == 1 and s.candidates(run)[0].score == 0.2
+
+
+def test_best_uses_raw_score_and_skips_parents(tmp_path):
+    s = RunStorage(tmp_path)
+    run = s.create_run("{}", "abc", 1, {})
+    s.record(run, rec(-1, 0, 0.99, kind="parent"))
+    s.record(run, rec(0, 0, 0.3, raw=0.9))  # penalised score low, raw score high
+    s.record(run, rec(0, 1, 0.5, raw=0.5))
+    assert s.best(run).idx == 0
+
+
+def test_events_and_checkpoints(tmp_path):
+    s = RunStorage(tmp_path)
+    run = s.create_run("{}", "abc", 1, {})
+    s.add_events(run, [{"kind": "sigma", "generation": 2, "sigma": 0.2}])
+    assert s.events(run, "sigma") == [{"generation": 2, "kind": "sigma", "sigma": 0.2}]
+    s.save_checkpoint(run, 0, {"a": 1})
+    s.save_checkpoint(run, 1, {"a": 2})
+    assert s.latest_checkpoint(run) == (1, {"a": 2})
+    s.set_status(run, "finished")
+    assert s.runs()[0]["status"] == "finished"
