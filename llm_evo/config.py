@@ -86,6 +86,15 @@ class SearchConfig(_Frozen):
 
 
 class EvaluationConfig(_Frozen):
+    """How candidates are scored (see docs/performance.md, "Evaluation throughput").
+
+    `in_memory`: one resident model per worker, merged tensors copied into it, no disk
+    I/O. `backend: vllm` scores with vLLM (an optional install). `reshard`: copy the input
+    models once into STORAGE/input_models before the workers start (on-disk merges read
+    them for every candidate). `input_cache`: where in-memory workers keep the input
+    tensors, "auto" (the GPU while memory allows, else the CPU) or "cpu".
+    """
+
     backend: Literal["hf", "vllm"] = "hf"
     device: str = "auto"
     dtype: str = "auto"
@@ -94,6 +103,8 @@ class EvaluationConfig(_Frozen):
     model_args: dict[str, Any] = Field(default_factory=dict)
     task_search_path: list[str] = Field(default_factory=list)
     in_memory: bool = False
+    reshard: bool = False
+    input_cache: Literal["auto", "cpu"] = "auto"
 
 
 class LLMConfig(_Frozen):
@@ -130,10 +141,20 @@ class KinshipConfig(_Frozen):
 
 
 class WandbConfig(_Frozen):
+    """Weights & Biases logging (see llm_evo/tracking.py); off unless enabled.
+
+    `mode` None defers to WANDB_MODE; "offline" keeps everything on disk for `wandb sync`.
+    There is no key field: W&B reads WANDB_API_KEY or `wandb login` itself.
+    """
+
     enabled: bool = False
     project: str | None = None
     entity: str | None = None
     name: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    notes: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
 
 
 class RunConfig(_Frozen):
@@ -171,8 +192,30 @@ class RunConfig(_Frozen):
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
+    def identity(self) -> dict[str, Any]:
+        """What defines the search, minus where it runs and where it logs: resuming with
+        W&B switched on, or with the LLM server on another port, is the same run."""
+        data = self.model_dump(mode="json")
+        data.pop("wandb")
+        data["llm"].pop("base_url")
+        return data
+
     def config_hash(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+        blob = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """`field: old -> new` lines for every leaf that differs (for the resume check)."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += config_diff(a, b, name + ".")
+        elif a != b:
+            lines.append(f"{name}: {json.dumps(a)} -> {json.dumps(b)}")
+    return lines
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

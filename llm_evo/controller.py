@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from llm_evo import __version__
-from llm_evo.config import RunConfig
-from llm_evo.errors import InvalidGenotypeError
+from llm_evo.config import RunConfig, config_diff
+from llm_evo.errors import ConfigError, InvalidGenotypeError
 from llm_evo.evaluation.jobs import Job, JobResult, TaskSpec, WorkerSpec
 from llm_evo.genome import Genome
 from llm_evo.progress import GenerationProgress
@@ -47,6 +48,9 @@ class RunOptions:
     scheduling: str = "pool"
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
+    resume: bool = False  # insist on continuing a run (an error if there is none)
+    force_new_run: bool = False  # start a new run even if the path holds another config's
+    wandb_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +63,8 @@ class RunSummary:
     elapsed: float
     best_config_path: Path | None
     final_model_path: Path | None
+    resumed: bool = False
+    status: str = "finished"
 
 
 def library_versions() -> dict[str, str]:
@@ -112,6 +118,13 @@ class Controller:
             merge_cuda=self.options.merge_cuda,
             trust_remote_code=self.options.trust_remote_code,
             allow_crimes=self.options.allow_crimes,
+            in_memory=ev.in_memory,
+            backend=ev.backend,
+            input_cache=ev.input_cache,
+            reshard_dir=str((self.root / "input_models").resolve()) if ev.reshard else None,
+            input_models=tuple(dict.fromkeys(
+                [*self.genome.models, *([self.genome.base_model] if self.genome.base_model
+                                        else [])])),
         )
 
     def _strategy(self) -> Strategy:
@@ -135,28 +148,27 @@ class Controller:
 
         started = time.perf_counter()
         strategy = self._strategy()  # fails fast (e.g. an LLM preflight) before Ray starts
-        run_id = self.storage.create_run(
-            self.config.canonical_json(), self.config.config_hash(), self.config.search.seed,
-            library_versions(),
-        )
-        self.storage.add_events(run_id, strategy.drain_events())
+        run_id, start_gen, resumed = self._open_run(strategy)
         self.run_id = run_id
-        if self.options.scheduling != "pool":
-            self.echo(f"note: --strategy {self.options.scheduling} is not implemented yet; "
-                      "using pool scheduling")
+        tracker = self._tracker()
         pool = WorkerPool(self._worker_spec(), PoolOptions(
             ray_address=self.options.ray_address,
             num_workers=self.options.num_workers,
             num_gpus=self.options.num_gpus,
+            strategy=self.options.scheduling,
         ))
         status = "failed"
         try:
             pool.start()
             self._describe_workers(pool)
+            if tracker:
+                tracker.start()
             if self.config.search.evaluate_parents:
                 self._evaluate_parents(pool)
-            for gen in range(self.config.search.max_generations):
+            for gen in range(start_gen, self.config.search.max_generations):
                 self._generation(gen, strategy, pool)
+                if tracker:
+                    tracker.log_generation(gen)
             status = "finished"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -164,6 +176,8 @@ class Controller:
         finally:
             self.storage.set_status(run_id, status)
             pool.shutdown()
+            if tracker:
+                tracker.finish(self._best_config_path(), status)
         final_path = self._final_merge() if self.options.save_final_model else None
         cands = self.storage.candidates(run_id, kind="candidate")
         return RunSummary(
@@ -173,9 +187,65 @@ class Controller:
             evaluations=len(cands),
             failed=sum(c.status != "ok" for c in cands),
             elapsed=time.perf_counter() - started,
-            best_config_path=self.root / "best_config.yaml" if self.best else None,
+            best_config_path=self._best_config_path(),
             final_model_path=final_path,
+            resumed=resumed,
+            status=status,
         )
+
+    # ---- opening or resuming a run ---------------------------------------------------------
+    def _open_run(self, strategy: Strategy) -> tuple[int, int, bool]:
+        """A new run, or the latest run of the same config continued where it stopped.
+
+        Returns (run id, first generation to run, resumed?). Finished evaluations are
+        never repeated: the strategy is restored from its newest checkpoint, and the
+        generation loop reuses every recorded slot.
+        """
+        latest = self.storage.latest_run()
+        want = self.config.config_hash()
+        if latest is not None and not self.options.force_new_run:
+            if latest["config_hash"] != want:
+                stored = RunConfig.model_validate_json(latest["config_json"])
+                diff = config_diff(stored.identity(), self.config.identity())
+                shown = "; ".join(diff[:6]) + (f"; +{len(diff) - 6} more" if len(diff) > 6
+                                               else "")
+                raise ConfigError(
+                    f"{self.root} holds run {latest['id']} of a different config ({shown}); "
+                    "pass --force-new-run to start a new run there"
+                )
+            return self._resume(latest["id"], strategy)
+        if self.options.resume:
+            raise ConfigError(f"{self.root}: no run to resume")
+        run_id = self.storage.create_run(
+            self.config.canonical_json(), want, self.config.search.seed, library_versions())
+        self.storage.add_events(run_id, strategy.drain_events())
+        return run_id, 0, False
+
+    def _resume(self, run_id: int, strategy: Strategy) -> tuple[int, int, bool]:
+        start_gen = 0
+        checkpoint = self.storage.latest_checkpoint(run_id)
+        if checkpoint is not None:
+            generation, phase, state = checkpoint
+            strategy.load_state_dict(state)
+            start_gen = generation + 1 if phase == "told" else generation
+        strategy.drain_events()  # a restored strategy's start-up events are already stored
+        self.storage.set_status(run_id, "running")
+        self.best = self.storage.best(run_id)
+        if self.best is not None:
+            self._write_best_config(self.best)
+        shutil.rmtree(self.root / "merges", ignore_errors=True)  # a killed run's leftovers
+        done = len(self.storage.candidates(run_id))
+        self.echo(f"resuming run {run_id} at generation {start_gen + 1} "
+                  f"({done} evaluations already recorded)")
+        return run_id, start_gen, True
+
+    def _tracker(self):
+        if not (self.config.wandb.enabled or self.options.wandb_overrides.get("enabled")):
+            return None
+        from llm_evo.tracking import make_tracker
+
+        return make_tracker(self.config, self.storage, self.run_id, self.genome,
+                            overrides=self.options.wandb_overrides)
 
     def _describe_workers(self, pool) -> None:
         infos = pool.worker_info
@@ -188,8 +258,11 @@ class Controller:
         models = list(self.genome.models)
         if self.genome.base_model and self.genome.base_model not in models:
             models.append(self.genome.base_model)
-        jobs = [Job(-1, i, model_path=m, kind="parent", label=os.path.basename(m))
-                for i, m in enumerate(models)]
+        done = {c.idx for c in self.storage.candidates(self.run_id, generation=-1)}
+        jobs = {i: Job(-1, i, model_path=m, kind="parent", label=os.path.basename(m))
+                for i, m in enumerate(models) if i not in done}
+        if not jobs:
+            return
         progress = GenerationProgress("parents", len(jobs), quiet=self.options.quiet)
 
         def on_result(res: JobResult) -> None:
@@ -197,19 +270,26 @@ class Controller:
             self.storage.record(self.run_id, _record(res, job, None, None))
             progress.update(res.score if res.status == "ok" else None)
 
-        pool.run(jobs, on_result)
+        pool.run(jobs.values(), on_result)
         progress.close()
 
     def _generation(self, gen: int, strategy: Strategy, pool) -> None:
         genotypes = [np.asarray(g, dtype=np.float64) for g in strategy.ask()]
         self.storage.add_events(self.run_id, strategy.drain_events())
+        self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict(), phase="asked")
         scores: list[float | None] = [None] * len(genotypes)
         progress = GenerationProgress(f"gen {gen + 1}/{self.config.search.max_generations}",
                                       len(genotypes), best=self._best_score(),
                                       quiet=self.options.quiet)
+        recorded = {c.idx: c for c in self.storage.candidates(self.run_id, generation=gen)}
         jobs: list[Job] = []
         configs: dict[int, str] = {}
         for idx, genotype in enumerate(genotypes):
+            prior = recorded.get(idx)
+            if prior is not None and np.allclose(prior.genotype or [], genotype, atol=1e-12):
+                scores[idx] = prior.raw_score if prior.status == "ok" else None
+                progress.update(scores[idx], best=self._best_score())
+                continue  # finished before an interruption: never evaluated twice
             try:
                 cfg = self.genome.merge_config_dict(genotype, self.merge_dtype)
             except InvalidGenotypeError as exc:
@@ -244,10 +324,18 @@ class Controller:
         if score is None or (self.best is not None and score <= self._best_score()):
             return
         self.best = CandidateRecord(**{**rec.__dict__, "raw_score": score})
+        self._write_best_config(self.best)
+
+    def _write_best_config(self, rec: CandidateRecord) -> None:
+        """Atomically, so a reader (or a crash) never sees half a file."""
         target = self.root / "best_config.yaml"
         tmp = target.with_suffix(".yaml.tmp")
         tmp.write_text(rec.merge_config or "")
         os.replace(tmp, target)
+
+    def _best_config_path(self) -> Path | None:
+        path = self.root / "best_config.yaml"
+        return path if self.best is not None and path.is_file() else None
 
     def _final_merge(self) -> Path | None:
         if self.best is None or not self.best.merge_config:

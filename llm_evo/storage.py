@@ -58,10 +58,12 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id INTEGER NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
     generation INTEGER NOT NULL,
+    phase TEXT NOT NULL,
     state_json TEXT NOT NULL,
     created REAL NOT NULL,
-    PRIMARY KEY (run_id, generation)
+    PRIMARY KEY (run_id, step)
 );
 """
 
@@ -220,16 +222,27 @@ class RunStorage:
         rows = self.conn.execute(sql + " ORDER BY id", params).fetchall()
         return [{"generation": g, "kind": k, **json.loads(p)} for g, k, p in rows]
 
-    def save_checkpoint(self, run_id: int, generation: int, state: dict[str, Any]) -> None:
+    PHASES = ("asked", "told")
+
+    def save_checkpoint(self, run_id: int, generation: int, state: dict[str, Any],
+                        phase: str = "told") -> None:
+        """Strategy state after `ask` (its pending genotypes) or after `tell` of a generation.
+
+        Saving after ask too means a resumed generation re-proposes exactly the genotypes
+        whose finished evaluations are already recorded, even for a non-deterministic
+        strategy such as an LLM.
+        """
+        step = 2 * generation + self.PHASES.index(phase)
         self._tx(
-            "INSERT OR REPLACE INTO checkpoints (run_id, generation, state_json, created) "
-            "VALUES (?, ?, ?, ?)",
-            (run_id, generation, json.dumps(state), time.time()),
+            "INSERT OR REPLACE INTO checkpoints (run_id, step, generation, phase, state_json, "
+            "created) VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, step, generation, phase, json.dumps(state), time.time()),
         )
 
-    def latest_checkpoint(self, run_id: int) -> tuple[int, dict[str, Any]] | None:
+    def latest_checkpoint(self, run_id: int) -> tuple[int, str, dict[str, Any]] | None:
+        """(generation, phase, state) of the newest checkpoint, or None."""
         row = self.conn.execute(
-            "SELECT generation, state_json FROM checkpoints WHERE run_id = ? "
-            "ORDER BY generation DESC LIMIT 1", (run_id,)
+            "SELECT generation, phase, state_json FROM checkpoints WHERE run_id = ? "
+            "ORDER BY step DESC LIMIT 1", (run_id,)
         ).fetchone()
-        return (row[0], json.loads(row[1])) if row else None
+        return (row[0], row[1], json.loads(row[2])) if row else None

@@ -96,3 +96,19 @@ def test_reserved_sections_validate():
     assert cfg.kinship.metric == "pcc" and cfg.llm.top_k == 3
     with pytest.raises(ConfigError, match="kinship.metric"):
         parse_config({**MINIMAL, "kinship": {"metric": "cosine"}})
+
+
+def test_hash_ignores_where_the_run_logs_and_which_port_the_llm_uses():
+    a = parse_config(MINIMAL)
+    b = with_overrides(a, {"wandb.enabled": True, "llm.base_url": "http://127.0.0.1:9/v1"})
+    assert a.config_hash() == b.config_hash()
+    assert a.config_hash() != with_overrides(a, {"llm.model": "other"}).config_hash()
+
+
+def test_config_diff_names_changed_leaves():
+    from llm_evo.config import config_diff
+
+    a = parse_config(MINIMAL)
+    b = with_overrides(a, {"search.max_generations": 3, "limit": 5})
+    assert config_diff(a.identity(), b.identity()) == ["limit: null -> 5",
+                                                       "search.max_generations: 10 -> 3"]

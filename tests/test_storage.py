@@ -49,7 +49,9 @@ def test_events_and_checkpoints(tmp_path):
     s.add_events(run, [{"kind": "sigma", "generation": 2, "sigma": 0.2}])
     assert s.events(run, "sigma") == [{"generation": 2, "kind": "sigma", "sigma": 0.2}]
     s.save_checkpoint(run, 0, {"a": 1})
-    s.save_checkpoint(run, 1, {"a": 2})
-    assert s.latest_checkpoint(run) == (1, {"a": 2})
+    s.save_checkpoint(run, 1, {"a": 2}, phase="asked")
+    assert s.latest_checkpoint(run) == (1, "asked", {"a": 2})
+    s.save_checkpoint(run, 1, {"a": 3})
+    assert s.latest_checkpoint(run) == (1, "told", {"a": 3})
     s.set_status(run, "finished")
     assert s.runs()[0]["status"] == "finished"

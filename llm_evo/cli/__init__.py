@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "llm_evo.cli.kinship_matrix:kinship_matrix",
         "Pairwise kinship of N models in one streaming pass.",
     ),
+    "report": ("llm_evo.cli.report:report", "Plots and summary.md of a stored run."),
+    "runs": ("llm_evo.cli.runs:runs", "List the runs in a storage folder."),
 }
 
 

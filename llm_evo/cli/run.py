@@ -47,6 +47,22 @@ import click
 @click.option("--sigma-high", type=float, default=None)
 @click.option("--top-k", type=click.IntRange(1), default=None)
 @click.option("--llm-temperature", type=float, default=None)
+@click.option("--resume", is_flag=True, default=False,
+              help="Continue the run in STORAGE (automatic when its config is unchanged).")
+@click.option("--force-new-run", is_flag=True, default=False,
+              help="Start a new run even if STORAGE holds a run of another config.")
+@click.option("--wandb/--no-wandb", "use_wandb", default=None,
+              help="Log to Weights & Biases (config: wandb.enabled).")
+@click.option("--wandb-project", default=None)
+@click.option("--wandb-entity", default=None)
+@click.option("--in-memory", is_flag=True, default=False,
+              help="Merge into a resident model per worker, no disk I/O "
+                   "(config: evaluation.in_memory).")
+@click.option("--vllm", "use_vllm", is_flag=True, default=False,
+              help="Score with vLLM, an optional install (config: evaluation.backend: vllm).")
+@click.option("--reshard/--no-reshard", default=None,
+              help="Copy input models once into STORAGE/input_models as safetensors shards "
+                   "(config: evaluation.reshard; default off).")
 @click.option("--quiet", is_flag=True, default=False, help="No progress bars.")
 @click.option("--verbose", is_flag=True, default=False, help="Log at INFO level.")
 def run(config_path: str, storage_path: str, search_strategy: str | None, scheduling: str,
@@ -57,7 +73,9 @@ def run(config_path: str, storage_path: str, search_strategy: str | None, schedu
         max_generation: int | None, llm_model: str | None, llm_base_url: str | None,
         api_key: str | None, max_retries: int | None, sigma_low: float | None,
         sigma_high: float | None, top_k: int | None, llm_temperature: float | None,
-        quiet: bool, verbose: bool) -> None:
+        resume: bool, force_new_run: bool, use_wandb: bool | None,
+        wandb_project: str | None, wandb_entity: str | None, in_memory: bool, use_vllm: bool,
+        reshard: bool | None, quiet: bool, verbose: bool) -> None:
     """Search merge weights for CONFIG (a mergekit-evolve genome YAML)."""
     from pathlib import Path
 
@@ -79,12 +97,22 @@ def run(config_path: str, storage_path: str, search_strategy: str | None, schedu
         "llm.max_retries": max_retries,
         "llm.top_k": top_k,
         "llm.temperature": llm_temperature,
+        "wandb.enabled": use_wandb,
+        "wandb.project": wandb_project,
+        "wandb.entity": wandb_entity,
+        "evaluation.in_memory": True if in_memory else None,
+        "evaluation.backend": "vllm" if use_vllm else None,
+        "evaluation.reshard": reshard,
     })
     setup_logging(verbose, Path(storage_path) / "run.log")
     for warning in check_benchmarks(config, allow_benchmarks):
         click.echo(f"warning: {warning}", err=True)
     genome = build_genome(config, config_dir, trust_remote_code)
     task_search_paths(config, task_search_path, config_dir)  # fail on a bad path before Ray
+    if config.evaluation.backend == "vllm" and not ray_address:
+        from llm_evo.evaluation.vllm_backend import require_vllm
+
+        require_vllm()  # a missing vLLM is one clear error now, not one per worker later
     options = RunOptions(
         storage_path=storage_path,
         ray_address=ray_address,
@@ -99,13 +127,15 @@ def run(config_path: str, storage_path: str, search_strategy: str | None, schedu
         scheduling=scheduling,
         strategy_kwargs=_secret_kwargs(api_key) if config.search.strategy == "llm" else {},
         quiet=quiet,
+        resume=resume,
+        force_new_run=force_new_run,
     )
     controller = Controller(config, genome, options, echo=lambda m: click.echo(m, err=True))
     try:
         summary = controller.run()
     except KeyboardInterrupt:
-        click.echo("interrupted: finished evaluations are recorded in the storage path",
-                   err=True)
+        click.echo("interrupted: finished evaluations are recorded; run the same command "
+                   "again to resume", err=True)
         sys.exit(130)
     click.echo(summary_text(summary, config))
 

@@ -35,6 +35,17 @@ class WorkerSpec:
     allow_crimes: bool = False
     torch_threads: int | None = None
     keep_merges: bool = False
+    # Fast evaluation (issue #6). In memory, one model stays resident per worker and each
+    # candidate's merged tensors are copied into it; no merge touches the disk.
+    in_memory: bool = False
+    backend: str = "hf"  # "hf" (transformers) or "vllm"
+    # Where input tensors are kept for in-memory merges: "auto" = on the GPU while memory
+    # allows, else CPU; "cpu" = always on the CPU.
+    input_cache: str = "auto"
+    # Input models rewritten to local copies (original -> resharded), set by the pool.
+    model_map: tuple[tuple[str, str], ...] = ()
+    reshard_dir: str | None = None
+    input_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,3 +72,8 @@ class JobResult:
     t_eval: float | None = None
     t_total: float | None = None
     worker: str | None = None
+    # Finer timings: loading the model (on disk) or copying merged tensors into the resident
+    # model (in memory); and how long the worker was blocked on the merge, which is less
+    # than t_merge when the merge ran in the background (buffered scheduling).
+    t_load: float | None = None
+    t_merge_wait: float | None = None

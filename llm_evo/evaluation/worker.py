@@ -1,23 +1,23 @@
 """The evaluation worker: merge a candidate with mergekit, score it with lm-eval.
 
 One instance lives in each Ray actor process and pays the expensive start-up once
-(importing lm-eval, indexing tasks into a TaskManager, choosing the example subset);
-each candidate then costs only its merge, its model load and its forward passes.
+(importing lm-eval, loading the tasks, choosing the example subset; in memory, also the
+resident model and the input tensors); each candidate then costs only its merge, its
+load (from disk, or a copy into the resident model) and its forward passes.
 Every failure inside a job becomes a failed JobResult, never an exception, so one bad
 candidate cannot take the run down.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 
+from llm_evo.evaluation.backends import Staged, job_key
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.evaluation.scoring import weighted_score
 
@@ -49,7 +49,12 @@ def _quiet() -> None:
 
 
 class EvalWorker:
-    """Holds a TaskManager and scores jobs one at a time."""
+    """Holds the run's lm-eval tasks and a backend, and scores jobs one at a time.
+
+    `evaluate(job, prefetch=next_job)` merges `next_job` in a background thread while
+    `job` is being scored (buffered scheduling); `evaluate_merged` scores a candidate that
+    a `MergeWorker` on the same node has merged (serial scheduling).
+    """
 
     def __init__(self, spec: WorkerSpec, worker_id: str = "w0"):
         _quiet()
@@ -63,28 +68,18 @@ class EvalWorker:
         self.dtype = resolve_dtype(spec.dtype, self.device)
         os.makedirs(spec.merge_dir, exist_ok=True)
 
+        from llm_evo.evaluation.backends import make_backend
+        from llm_evo.evaluation.harness import Harness
         from llm_evo.resolve import make_task_manager, unknown_tasks
 
         names = [t.name for t in spec.tasks]
         self.task_manager = make_task_manager(list(spec.task_search_paths), names)
         self.unknown = unknown_tasks(self.task_manager, names)
-        self.samples = self._fixed_subset(names) if not self.unknown else None
-
-    def _fixed_subset(self, names: list[str]) -> dict[str, list[int]] | None:
-        """With `shuffle` and `limit`, one seeded subset of examples per task, identical on
-        every worker, so all candidates of a run see the same examples."""
-        if not (self.spec.shuffle and self.spec.limit):
-            return None
-        import numpy as np
-        from lm_eval.tasks import get_task_dict
-
-        subset = {}
-        for name, task in get_task_dict(names, self.task_manager).items():
-            n = len(task.eval_docs)
-            rng = np.random.default_rng([self.spec.seed, n])
-            k = min(self.spec.limit, n)
-            subset[name] = sorted(int(i) for i in rng.choice(n, size=k, replace=False))
-        return subset
+        self.harness = Harness(spec, self.task_manager) if not self.unknown else None
+        self.samples = self.harness.samples if self.harness else None
+        self.backend = make_backend(spec, self.device, self.dtype, self.harness)
+        self._pending: tuple[tuple, Future] | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def info(self) -> dict:
         return {
@@ -94,101 +89,151 @@ class EvalWorker:
             "device": self.device,
             "dtype": self.dtype,
             "unknown_tasks": self.unknown,
+            "in_memory": self.spec.in_memory,
+            "backend": self.spec.backend,
         }
 
     def pid(self) -> int:
         return os.getpid()
 
-    def evaluate(self, job: Job) -> JobResult:
+    def subset(self) -> dict[str, list[int]] | None:
+        """The fixed example subset this worker scores (None: lm-eval's first `limit`)."""
+        return self.samples
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def evaluate(self, job: Job, prefetch: Job | None = None) -> JobResult:
+        """Merge (unless already merged in the background) and score `job`; start merging
+        `prefetch` as soon as `job`'s own merge is done."""
         started = time.perf_counter()
-        merged_dir = None
-        t_merge = None
+        pending = self._take_pending(job)
+        timing: dict[str, float | None] = {}
         try:
-            path = job.model_path
-            if job.merge_config is not None:
-                merged_dir = tempfile.mkdtemp(prefix=f"g{job.generation}_c{job.idx}_",
-                                              dir=self.spec.merge_dir)
-                self._merge(job.merge_config, merged_dir)
-                path = merged_dir
-                t_merge = time.perf_counter() - started
-            if path is None:
-                raise ValueError("job has neither a merge config nor a model path")
-            t0 = time.perf_counter()
-            results = self._score(path)
-            score, per_task = weighted_score(results, self.spec.tasks)
-            now = time.perf_counter()
-            return JobResult(job.generation, job.idx, "ok", score=score, results=per_task,
-                             t_merge=t_merge, t_eval=now - t0, t_total=now - started,
-                             worker=self.worker_id)
+            staged = None
+            if pending is not None:
+                t0 = time.perf_counter()
+                staged = pending.result()
+                timing["t_merge_wait"] = time.perf_counter() - t0
+                timing["t_merge"] = staged.t_merge
+            return self._run(job, staged, started, timing, prefetch)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none is fatal
-            return JobResult(job.generation, job.idx, "failed", error=_describe(exc),
-                             t_merge=t_merge, t_total=time.perf_counter() - started,
-                             worker=self.worker_id)
-        finally:
-            if merged_dir and not self.spec.keep_merges:
-                shutil.rmtree(merged_dir, ignore_errors=True)
-            gc.collect()
-            if self.device.startswith("cuda"):
-                import torch
+            if prefetch is not None and self._pending is None:
+                self._start_prefetch(prefetch)
+            return self._failed(job, exc, started, timing)
 
-                torch.cuda.empty_cache()
-
-    def _merge(self, merge_config: dict, out_dir: str) -> None:
-        from mergekit.config import MergeConfiguration
-        from mergekit.merge import run_merge
-        from mergekit.options import MergeOptions
-
-        options = MergeOptions(
-            cuda=self.spec.merge_cuda and self.device.startswith("cuda"),
-            copy_tokenizer=True,
-            trust_remote_code=self.spec.trust_remote_code,
-            allow_crimes=self.spec.allow_crimes,
-            lazy_unpickle=True,
-            low_cpu_memory=False,
-            write_model_card=False,
-            quiet=True,
-        )
-        run_merge(MergeConfiguration.model_validate(merge_config), out_path=out_dir,
-                  options=options)
-
-    def _score(self, path: str) -> dict:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-
-        model_args = {
-            "pretrained": path,
-            "device": self.device,
-            "dtype": self.dtype,
-            "trust_remote_code": self.spec.trust_remote_code,
-            **self.spec.model_args,
-        }
-        if self.spec.batch_size is not None:
-            model_args["batch_size"] = self.spec.batch_size
-        lm = HFLM(**model_args)
+    def evaluate_merged(self, job: Job, staged: Staged) -> JobResult:
+        """Score a candidate merged by a MergeWorker (serial scheduling)."""
+        started = time.perf_counter()
+        # The merge ran just before, in the paired MergeWorker: this job waited for it.
+        timing: dict[str, float | None] = {"t_merge": staged.t_merge,
+                                           "t_merge_wait": staged.t_merge}
+        if staged.error is not None:
+            return JobResult(job.generation, job.idx, "failed", error=staged.error,
+                             t_merge=staged.t_merge, t_merge_wait=staged.t_merge,
+                             t_total=staged.t_merge, worker=self.worker_id)
         try:
-            out = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=[t.name for t in self.spec.tasks],
-                task_manager=self.task_manager,
-                limit=None if self.samples else self.spec.limit,
-                samples=self.samples,
-                num_fewshot=self.spec.num_fewshot,
-                apply_chat_template=self.spec.apply_chat_template,
-                fewshot_as_multiturn=(self.spec.fewshot_as_multiturn
-                                      and self.spec.apply_chat_template),
-                log_samples=False,
-                bootstrap_iters=0,
-                verbosity="ERROR",
-                random_seed=self.spec.seed,
-                numpy_random_seed=self.spec.seed,
-                torch_random_seed=self.spec.seed,
-                fewshot_random_seed=self.spec.seed,
-            )
+            res = self._run(job, staged, started, timing, None)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, none is fatal
+            res = self._failed(job, exc, started, timing)
+        res.t_total = (res.t_total or 0.0) + staged.t_merge
+        return res
+
+    def _run(self, job: Job, staged: Staged | None, started: float,
+             timing: dict[str, float | None], prefetch: Job | None) -> JobResult:
+        if self.harness is None:
+            raise RuntimeError(f"unknown lm-eval task(s): {', '.join(self.unknown)}")
+        try:
+            staged, inline_merge, t_load = self.backend.activate(job, staged)
+            if inline_merge is not None:
+                timing["t_merge"] = timing["t_merge_wait"] = inline_merge
+            if prefetch is not None:
+                self._start_prefetch(prefetch)
+                prefetch = None
+            t0 = time.perf_counter()
+            results = self.backend.score()
+            t_eval = time.perf_counter() - t0
+            score, per_task = weighted_score(results, self.spec.tasks)
         finally:
-            del lm
-        if not out or "results" not in out:
-            raise RuntimeError("lm-eval returned no results")
-        return out["results"]
+            self.backend.release(staged)
+            if prefetch is not None:
+                self._start_prefetch(prefetch)
+        return JobResult(job.generation, job.idx, "ok", score=score, results=per_task,
+                         t_merge=timing.get("t_merge"), t_eval=t_eval,
+                         t_total=time.perf_counter() - started, worker=self.worker_id,
+                         t_load=t_load, t_merge_wait=timing.get("t_merge_wait"))
+
+    def _failed(self, job: Job, exc: Exception, started: float,
+                timing: dict[str, float | None]) -> JobResult:
+        return JobResult(job.generation, job.idx, "failed", error=_describe(exc),
+                         t_merge=timing.get("t_merge"), t_merge_wait=timing.get("t_merge_wait"),
+                         t_total=time.perf_counter() - started, worker=self.worker_id)
+
+    # ---- background merges (buffered scheduling) -------------------------------------------
+    def _start_prefetch(self, job: Job) -> None:
+        self.drop_prefetch()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
+        self._pending = (job_key(job), self._pool.submit(self.backend.stage, job))
+
+    def _take_pending(self, job: Job) -> Future | None:
+        if self._pending is not None and self._pending[0] == job_key(job):
+            fut = self._pending[1]
+            self._pending = None
+            return fut
+        self.drop_prefetch()
+        return None
+
+    def drop_prefetch(self) -> None:
+        """Forget a background merge nobody will score (its job went to another worker)."""
+        if self._pending is None:
+            return
+        _, fut = self._pending
+        self._pending = None
+        if not fut.cancel():
+            fut.add_done_callback(self._discard_result)
+
+    def discard(self, staged: Staged) -> None:
+        """Delete a merge that will not be scored here (serial: its job moved elsewhere)."""
+        self.backend.discard(staged)
+
+    def _discard_result(self, fut: Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        self.backend.discard(fut.result())
+
+
+class MergeWorker:
+    """Merges candidates for the EvalWorker placed beside it (serial scheduling).
+
+    It never imports lm-eval's tasks or loads a model to score, so it starts quickly; what
+    it returns (a folder on this node, or the merged tensors) goes straight to its EvalWorker.
+    """
+
+    def __init__(self, spec: WorkerSpec, worker_id: str = "m0"):
+        _quiet()
+        import torch
+
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        from dataclasses import replace
+
+        from llm_evo.evaluation.backends import make_backend
+
+        self.spec = spec
+        self.worker_id = worker_id
+        os.makedirs(spec.merge_dir, exist_ok=True)
+        # Merges here run on the CPU; the tensors travel to the evaluator through Ray.
+        self.backend = make_backend(replace(spec, merge_cuda=False, backend="hf"), "cpu",
+                                    resolve_dtype(spec.dtype, resolve_device(spec.device)))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def merge(self, job: Job) -> Staged:
+        started = time.perf_counter()
+        try:
+            return self.backend.stage(job)
+        except Exception as exc:  # noqa: BLE001 - the evaluator records it as a failure
+            return Staged(job_key(job), time.perf_counter() - started, error=_describe(exc))
 
 
 def _describe(exc: BaseException) -> str:

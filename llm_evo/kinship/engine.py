@@ -39,9 +39,11 @@ class StreamReport:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        for key in ("missing", "extra", "mismatched", "truncated", "tied", "non_float", "warnings"):
+        lists = ("missing", "extra", "mismatched", "truncated", "tied", "non_float")
+        for key in (*lists, "warnings"):
             out[key] = list(out[key])
         out["tensors_skipped"] = self.tensors_skipped
+        out["counts"] = {key: len(out[key]) for key in lists}
         return out
 
 

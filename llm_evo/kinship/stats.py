@@ -200,18 +200,20 @@ class GramAccumulator:
         bounds = list(range(0, n, self.chunk)) + [n] if n else [0, 0]
         spans = list(zip(bounds[:-1], bounds[1:], strict=True))
         parts = min(self.workers, len(spans))
-        groups = [spans[i::parts] for i in range(parts)]
+        # Workers pull chunks from one shared iterator (next() on it is atomic under the GIL),
+        # so a thread that the OS preempts does not hold the others up at the end.
+        queue = iter(spans)
 
-        def work(group: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        def work() -> tuple[torch.Tensor, torch.Tensor]:
             g = torch.zeros((self.k, self.k), dtype=torch.float64, device=self.device)
             sm = torch.zeros(self.k, dtype=torch.float64, device=self.device)
-            for s, e in group:
+            for s, e in queue:
                 fn(s, e, g, sm)
             return g, sm
 
         self._start()
-        futures = [self._pool.submit(work, g) for g in groups[1:]] if parts > 1 else []
-        gram, sums = work(groups[0])  # the calling thread takes a share too
+        futures = [self._pool.submit(work) for _ in range(parts - 1)] if parts > 1 else []
+        gram, sums = work()  # the calling thread takes a share too
         for fut in futures:
             g, sm = fut.result()
             gram += g

@@ -108,6 +108,10 @@ def test_missing_extra_and_mismatched_tensors_are_skipped_and_counted(ck, family
     kept = [n for n in ck.SHAPES if "self_attn.q_proj" not in n]
     want = ck.numpy_kinship(ck.stored(st["base"]), ck.stored(a), ck.stored(st["b"]), names=kept)
     _assert_close(got, want)
+    counts = got.to_dict()["report"]["counts"]
+    assert counts == {
+        "missing": 1, "extra": 1, "mismatched": 1, "truncated": 0, "tied": 0, "non_float": 0
+    }  # fmt: skip
     text = " ".join(got.warnings)
     assert "missing from a model" in text and "not in the base" in text
     assert "different shape" in text

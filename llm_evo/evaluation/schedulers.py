@@ -1,0 +1,193 @@
+"""How a batch of jobs is spread over the evaluation actors: pool, buffered or serial.
+
+All three hand each result to `on_result` the moment it arrives, and none leaves a
+worker idle while a job of the batch has not been started:
+
+- `pool`: each job goes to the next idle EvalWorker, which merges then scores it.
+- `buffered`: like pool, but a worker is also given its *next* job, which it merges in a
+  background thread while scoring the current one, so it never waits for a merge. A
+  next job is reserved only when the queue holds more jobs than there are idle workers,
+  and a worker that runs out of work takes over another's reserved (not yet started) job.
+- `serial`: per worker, a MergeWorker and an EvalWorker share a STRICT_PACK placement
+  group, so a candidate is merged and scored on the same node (merges can stay on local
+  disk); a pair merges its next job while scoring the current one, on the same rules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_evo.evaluation.jobs import Job, JobResult
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[JobResult], None]
+IsAlive = Callable[[Any], bool]
+
+
+def _failed(job: Job, error: str) -> JobResult:
+    return JobResult(job.generation, job.idx, "failed", error=error)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+def _collect(ref: Any, job: Job) -> tuple[JobResult, bool]:
+    """The job's result, and whether the actor that ran it died."""
+    import ray
+
+    try:
+        return ray.get(ref), False
+    except ray.exceptions.RayActorError as exc:
+        return _failed(job, f"worker died: {_first_line(exc)}"), True
+    except Exception as exc:  # noqa: BLE001 - e.g. a task-level system error
+        return _failed(job, f"{type(exc).__name__}: {_first_line(exc)}"), False
+
+
+def run_pool(actors: list, jobs: Iterable[Job], on_result: OnResult, alive: IsAlive) -> None:
+    import ray
+
+    queue = deque(jobs)
+    in_flight: dict = {}  # ObjectRef -> (actor, job)
+    idle = list(actors)
+    while queue or in_flight:
+        while queue and idle:
+            actor, job = idle.pop(0), queue.popleft()
+            in_flight[actor.evaluate.remote(job)] = (actor, job)
+        if not in_flight:
+            raise RuntimeError("no evaluation workers are left alive")
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        actor, job = in_flight.pop(done[0])
+        result, died = _collect(done[0], job)
+        if not died or alive(actor):
+            idle.append(actor)
+        on_result(result)
+
+
+def run_buffered(actors: list, jobs: Iterable[Job], on_result: OnResult,
+                 alive: IsAlive) -> None:
+    import ray
+
+    queue = deque(jobs)
+    live = list(range(len(actors)))
+    busy: set[int] = set()
+    reserved: dict[int, Job] = {}  # worker -> the job it is merging in the background
+    in_flight: dict = {}  # ObjectRef -> (worker, job)
+    while queue or in_flight or reserved:
+        waiting = [i for i in live if i not in busy]
+        while waiting:
+            i = waiting.pop(0)
+            job = reserved.pop(i, None)
+            if job is None and queue:
+                job = queue.popleft()
+            if job is None:
+                victim = next((k for k in reserved if k in busy), None)
+                if victim is None:
+                    continue  # nothing left to start: this worker stays idle
+                job = reserved.pop(victim)
+                actors[victim].drop_prefetch.remote()
+            nxt = queue.popleft() if len(queue) > len(waiting) else None
+            if nxt is not None:
+                reserved[i] = nxt
+            in_flight[actors[i].evaluate.remote(job, nxt)] = (i, job)
+            busy.add(i)
+        if not in_flight:
+            raise RuntimeError("no evaluation workers are left alive")
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        i, job = in_flight.pop(done[0])
+        busy.discard(i)
+        result, died = _collect(done[0], job)
+        if died and not alive(actors[i]):
+            live.remove(i)
+            orphan = reserved.pop(i, None)
+            if orphan is not None:
+                queue.appendleft(orphan)
+        on_result(result)
+
+
+@dataclass
+class _Ticket:
+    job: Job
+    merge_ref: Any
+    eval_ref: Any
+
+
+@dataclass
+class _Slot:
+    merger: Any
+    evaluator: Any
+    tickets: list[_Ticket] = field(default_factory=list)  # oldest first; at most 2
+
+
+def run_serial(pairs: list[tuple[Any, Any]], jobs: Iterable[Job], on_result: OnResult,
+               alive: IsAlive) -> None:
+    import ray
+
+    queue = deque(jobs)
+    slots = [_Slot(m, e) for m, e in pairs]
+    live = list(range(len(slots)))
+    owner: dict = {}  # eval ObjectRef -> slot index
+    reported: set[tuple[int, int]] = set()
+
+    def submit(s: int, job: Job) -> None:
+        slot = slots[s]
+        merge_ref = slot.merger.merge.remote(job)
+        eval_ref = slot.evaluator.evaluate_merged.remote(job, merge_ref)
+        slot.tickets.append(_Ticket(job, merge_ref, eval_ref))
+        owner[eval_ref] = s
+
+    while queue or owner:
+        empty = [s for s in live if not slots[s].tickets]
+        for s in empty:
+            if queue:
+                submit(s, queue.popleft())
+        empty = [s for s in live if not slots[s].tickets]
+        for s in live:
+            if len(slots[s].tickets) == 1 and len(queue) > len(empty):
+                submit(s, queue.popleft())
+        for s in empty:  # take over a job that is only merged, not yet being scored
+            victim = next((v for v in live if len(slots[v].tickets) == 2), None)
+            if victim is None:
+                break
+            ticket = slots[victim].tickets.pop()
+            owner.pop(ticket.eval_ref, None)
+            _abandon(slots[victim], ticket)
+            submit(s, ticket.job)
+        if not owner:
+            if queue:
+                raise RuntimeError("no evaluation workers are left alive")
+            break
+        done, _ = ray.wait(list(owner), num_returns=1)
+        ref = done[0]
+        s = owner.pop(ref)
+        slot = slots[s]
+        ticket = next(t for t in slot.tickets if t.eval_ref is ref)
+        slot.tickets.remove(ticket)
+        result, died = _collect(ref, ticket.job)
+        if died and not (alive(slot.evaluator) and alive(slot.merger)):
+            live.remove(s)
+            for t in slot.tickets:
+                owner.pop(t.eval_ref, None)
+                queue.appendleft(t.job)
+            slot.tickets.clear()
+        key = (ticket.job.generation, ticket.job.idx)
+        if key not in reported:
+            reported.add(key)
+            on_result(result)
+
+
+def _abandon(slot: _Slot, ticket: _Ticket) -> None:
+    """Cancel a queued evaluation and delete what its merge produced (best effort)."""
+    import ray
+
+    try:
+        ray.cancel(ticket.eval_ref)
+    except Exception as exc:  # noqa: BLE001 - it may already run; its result is ignored
+        log.debug("could not cancel a queued evaluation: %s", exc)
+    slot.evaluator.discard.remote(ticket.merge_ref)
