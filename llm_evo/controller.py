@@ -161,14 +161,12 @@ class Controller:
         try:
             pool.start()
             self._describe_workers(pool)
-            if tracker:
-                tracker.start()
+            tracker = _guarded(tracker, "start")
             if self.config.search.evaluate_parents:
                 self._evaluate_parents(pool)
             for gen in range(start_gen, self.config.search.max_generations):
                 self._generation(gen, strategy, pool)
-                if tracker:
-                    tracker.log_generation(gen)
+                tracker = _guarded(tracker, "log_generation", gen)
             status = "finished"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -176,8 +174,7 @@ class Controller:
         finally:
             self.storage.set_status(run_id, status)
             pool.shutdown()
-            if tracker:
-                tracker.finish(self._best_config_path(), status)
+            _guarded(tracker, "finish", self._best_config_path(), status)
         final_path = self._final_merge() if self.options.save_final_model else None
         cands = self.storage.candidates(run_id, kind="candidate")
         return RunSummary(
@@ -351,6 +348,19 @@ class Controller:
             copy_tokenizer=True, trust_remote_code=self.options.trust_remote_code,
             allow_crimes=self.options.allow_crimes, lazy_unpickle=True, quiet=True))
         return out
+
+
+def _guarded(tracker, method: str, *args):
+    """Call a tracker method; a W&B failure is logged and tracking stops, the search goes
+    on (the ledger is the record). Returns the tracker, or None once it has failed."""
+    if tracker is None:
+        return None
+    try:
+        getattr(tracker, method)(*args)
+        return tracker
+    except Exception as exc:  # noqa: BLE001 - tracking must never end a run
+        log.warning("W&B %s failed, tracking disabled for this run: %s", method, exc)
+        return None
 
 
 def _record(res: JobResult, job: Job | None, genotype: np.ndarray | None,

@@ -87,11 +87,7 @@ class RunView:
 
 
 def _config_json(storage: RunStorage, run_id: int) -> str:
-    latest = storage.latest_run()
-    if latest is not None and latest["id"] == run_id:
-        return latest["config_json"]
-    row = storage.conn.execute("SELECT config_json FROM runs WHERE id = ?", (run_id,)).fetchone()
-    return row[0]
+    return storage.run(run_id)["config_json"]
 
 
 def load_run(storage: RunStorage, run_id: int | None = None) -> RunView:
@@ -229,6 +225,9 @@ def plot_scores(view: RunView, path: Path) -> Path:
             if np.isfinite(best):
                 best_x.append(g + 1)
                 best_y.append(best)
+        if best_x:  # carry the final level past the last generation so it reads as a level
+            best_x.append(best_x[-1] + 0.45)
+            best_y.append(best_y[-1])
         ax.step(best_x, best_y, where="post", color="black", lw=2, label="best so far",
                 zorder=4)
         ax.plot(new_x, new_y, "o", color="black", ms=4, zorder=4)  # where it improved
@@ -498,8 +497,7 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
                                 f"{len(view.parents)} parents"))
     exchanges, fallbacks = view.events_of("llm_exchange"), view.events_of("llm_fallback")
     if exchanges or fallbacks:
-        rows.append(("LLM", f"{len(exchanges)} exchanges, {len(fallbacks)} fallbacks to "
-                            "the CMA-ES mean"))
+        rows.append(("LLM", f"{len(exchanges)} exchange(s), {len(fallbacks)} fallback(s)"))
     lines += ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
 
     keys = _task_keys(view)

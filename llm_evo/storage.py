@@ -130,11 +130,20 @@ class RunStorage:
             return None
         return dict(zip(("id", "config_json", "config_hash", "seed", "status"), row, strict=True))
 
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT id, config_json, config_hash, seed, status FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("id", "config_json", "config_hash", "seed", "status"), row, strict=True))
+
     def runs(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT r.id, r.created, r.config_hash, r.status, r.finished, "
             "(SELECT COUNT(*) FROM candidates c WHERE c.run_id = r.id), "
-            "(SELECT MAX(score) FROM candidates c WHERE c.run_id = r.id AND c.kind='candidate'), "
+            "(SELECT MAX(raw_score) FROM candidates c WHERE c.run_id = r.id "
+            "AND c.kind='candidate' AND c.status='ok'), "
             "(SELECT MAX(generation) FROM candidates c WHERE c.run_id = r.id) "
             "FROM runs r ORDER BY r.id"
         ).fetchall()

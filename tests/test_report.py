@@ -133,7 +133,7 @@ def test_report_writes_pngs_and_summary(tmp_path: Path) -> None:
         assert f"]({name}.png)" in summary
     assert "CUDA out of memory" in summary
     assert "\\| layer 7" in summary  # a | in an error would break the Markdown list/table
-    assert "6 exchanges" in summary
+    assert "6 exchange(s), 0 fallback(s)" in summary
     assert genome.n_genes == 144
 
 

@@ -128,3 +128,25 @@ def test_killed_ray_worker_is_replaced_and_the_run_completes(tmp_path, config):
     assert sorted(got) == [(g, i) for g in range(GENERATIONS) for i in range(POPULATION)]
     assert all(r[2] in ("ok", "failed") for r in got.values())
     assert sum(r[2] == "ok" for r in got.values()) >= len(got) - 1
+
+
+def test_sigint_stops_cleanly_without_a_final_merge(tmp_path, config):
+    storage = tmp_path / "s"
+    proc = subprocess.Popen(
+        [str(BIN / "llm-evo"), "run", str(config), "--storage-path", str(storage),
+         "--num-workers", "2", "--quiet", "--save-final-model"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(rows(storage)) < 2:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "resume" in err
+    kept = rows(storage)
+    assert len(kept) >= 2 and all(r[2] in ("ok", "failed") for r in kept.values())
+    db = sqlite3.connect(storage / "llm_evo.sqlite")
+    assert db.execute("SELECT status FROM runs").fetchone() == ("interrupted",)
+    assert not (storage / "final_model").exists()

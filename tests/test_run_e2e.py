@@ -3,6 +3,7 @@ on disk, lm-eval's HF backend on CPU, the SQLite ledger, and mergekit-yaml on th
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 
@@ -18,8 +19,10 @@ pytestmark = pytest.mark.slow
 def test_cli_run_records_everything_and_best_config_merges(tmp_path, tiny_family):
     config = write_config(tmp_path, tiny_family, population=4, generations=2)
     storage = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline"}
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
-               "--num-workers", "2", "--save-final-model")
+               "--num-workers", "2", "--save-final-model", "--wandb", "--wandb-project", "e2e",
+               env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the summary: parents' scores next to the best merge, then its config
     assert "parent ft_arith" in proc.stdout and "parent base" in proc.stdout
@@ -46,6 +49,10 @@ def test_cli_run_records_everything_and_best_config_merges(tmp_path, tiny_family
     assert best_yaml == next(r[6] for r in ok if r[3] == best_score)
     assert not list((storage / "merges").iterdir())  # merged dirs are deleted after scoring
     assert (storage / "final_model" / "config.json").is_file()
+
+    # W&B (offline) got a run, and the ledger remembers its id for a resume
+    assert list((storage / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert db.execute("SELECT COUNT(*) FROM events WHERE kind='wandb_run'").fetchone() == (1,)
 
     out = tmp_path / "merged"
     merge = subprocess.run([str(BIN / "mergekit-yaml"), str(storage / "best_config.yaml"),

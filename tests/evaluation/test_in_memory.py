@@ -21,9 +21,9 @@ LIMIT = 40
 
 
 def _spec(root: Path, merge_dir: Path, **kw) -> WorkerSpec:
+    kw = {"limit": LIMIT, "batch_size": 32, "torch_threads": 2, **kw}
     return WorkerSpec(tasks=tuple(TaskSpec(t, 1.0, "acc,none") for t in TASKS),
-                      task_search_paths=(str(root / "tasks"),), merge_dir=str(merge_dir),
-                      limit=LIMIT, batch_size=32, torch_threads=2, **kw)
+                      task_search_paths=(str(root / "tasks"),), merge_dir=str(merge_dir), **kw)
 
 
 @pytest.fixture(scope="module")
