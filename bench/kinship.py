@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -135,7 +136,12 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep generated models (always with --dir)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best is kept)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--write", type=Path, help=argparse.SUPPRESS)  # internal: write one model
+    ap.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write:
+        write_model(args.write, args.layers, args.member)
+        return
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="kinship-bench-"))
     base, fts = root / "base", [root / f"ft{i}" for i in range(len(SHARED))]
@@ -153,8 +159,12 @@ def main() -> None:
     try:
         for i, path in [(None, base), *enumerate(fts)]:
             if not (path / "model.safetensors.index.json").exists():
+                # In a child process: a child's peak-RSS counter starts from its parent's RSS,
+                # so this process must stay small for the measurements below to be its own.
                 t = time.perf_counter()
-                write_model(path, args.layers, i)
+                member = [] if i is None else ["--member", str(i)]
+                gen = [sys.executable, __file__, "--write", str(path), "--layers", str(args.layers)]
+                subprocess.run([*gen, *member], check=True)
                 print(f"wrote {path} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         run_measured(cat_cmd(family))  # warm the page cache
         # What every run pays before it reads a byte: the interpreter and `import torch`.
@@ -163,7 +173,8 @@ def main() -> None:
             read, read_cpu, _, _ = best_of(cat_cmd(models), args.repeat)
             wall, cpu, rss, out = best_of(cmd, args.repeat)
             res = json.loads(out)
-            rows.append((label, models, read, read_cpu, wall, cpu, res["report"], rss))
+            rows.append((label, models, size_bytes(models), read, read_cpu, wall, cpu,
+                         res["report"], rss))  # fmt: skip
             results.append(res["metrics"]["cs"])
     finally:
         if not args.keep and args.dir is None:
@@ -173,8 +184,7 @@ def main() -> None:
               "pass CPU s", "wall/cat", "pass/cat", "bytes read / file bytes",
               "peak RSS MB"]  # fmt: skip
     table = []
-    for label, models, read, read_cpu, wall, cpu, report, rss in rows:
-        nbytes = size_bytes(models)
+    for label, models, nbytes, read, read_cpu, wall, cpu, report, rss in rows:
         table.append(
             [label, str(len(models)), f"{nbytes / 1e9:.2f}", f"{read:.2f}", f"{read_cpu:.2f}",
              f"{wall:.2f}", f"{cpu:.2f}", f"{report['elapsed_s']:.2f}",
@@ -193,9 +203,10 @@ def main() -> None:
     cs_pair, cs_matrix = results
     print(
         f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.layers} layers,"
-        f" {size_bytes([base]) / 1e9:.2f} GB of bf16 per model; warm page cache; best of"
+        f" {rows[-1][2] / len(family) / 1e9:.2f} GB of bf16 per model; warm page cache; best of"
         f" {args.repeat}; startup (python + import torch): {startup:.2f}s wall,"
-        f" {startup_cpu:.2f}s CPU"
+        f" {startup_cpu:.2f}s CPU; this process's own peak RSS:"
+        f" {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB"
     )
     print(
         f"cs(ft0, ft1) = {cs_pair:.4f} (built as {SHARED[0] * SHARED[1]:.2f}); matrix cs row ft0: "

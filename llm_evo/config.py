@@ -92,7 +92,8 @@ class EvaluationConfig(_Frozen):
     I/O. `backend: vllm` scores with vLLM (an optional install). `reshard`: copy the input
     models once into STORAGE/input_models before the workers start (on-disk merges read
     them for every candidate). `input_cache`: where in-memory workers keep the input
-    tensors, "auto" (the GPU while memory allows, else the CPU) or "cpu".
+    tensors, "auto" (the GPU while memory allows, else the CPU) or "cpu". `torch_threads`:
+    intra-op threads per CPU worker (default: the CPUs divided among the workers).
     """
 
     backend: Literal["hf", "vllm"] = "hf"
@@ -105,6 +106,7 @@ class EvaluationConfig(_Frozen):
     in_memory: bool = False
     reshard: bool = False
     input_cache: Literal["auto", "cpu"] = "auto"
+    torch_threads: int | None = Field(default=None, ge=1)
 
 
 class LLMConfig(_Frozen):
@@ -132,12 +134,38 @@ class LLMConfig(_Frozen):
 
 
 class KinshipConfig(_Frozen):
+    """Kinship-aware search (see docs/kinship-search.md).
+
+    The search sees `score - penalty * max(0, k - threshold)`, k the candidate's mean kinship
+    to the reference set (`against`); for `ed`, a distance, closeness is what is penalised:
+    `max(0, threshold - k)`. `stagnation`: when the population's mean pairwise kinship stays
+    beyond it for `stagnation_generations`, the strategy widens its search. Kinship is
+    measured when `enabled` is true, or, by default, when a penalty or stagnation is set.
+    """
+
     metric: Literal["cs", "pcc", "ed"] = "cs"
     penalty: float = Field(default=0.0, ge=0)
     threshold: float = 0.9
     against: Literal["elite", "population", "mean"] = "elite"
     stagnation: float | None = None
     stagnation_generations: int = Field(default=3, ge=1)
+    enabled: bool | None = None
+    elite_size: int = Field(default=5, ge=1)
+    sketch_size: int = Field(default=32768, ge=1024)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KinshipConfig:
+        if self.enabled is False and (self.penalty > 0 or self.stagnation is not None):
+            raise ValueError("kinship.enabled is false, but kinship.penalty or "
+                             "kinship.stagnation asks for kinship")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether the run measures kinship at all (one extra read of the models at start)."""
+        if self.enabled is not None:
+            return self.enabled
+        return self.penalty > 0 or self.stagnation is not None
 
 
 class WandbConfig(_Frozen):

@@ -24,6 +24,7 @@ from llm_evo.config import RunConfig, config_diff
 from llm_evo.errors import ConfigError, InvalidGenotypeError
 from llm_evo.evaluation.jobs import Job, JobResult, TaskSpec, WorkerSpec
 from llm_evo.genome import Genome
+from llm_evo.kinship_search import KinshipSearch
 from llm_evo.progress import GenerationProgress
 from llm_evo.storage import CandidateRecord, RunStorage
 from llm_evo.strategies import Strategy, make_strategy
@@ -65,6 +66,7 @@ class RunSummary:
     final_model_path: Path | None
     resumed: bool = False
     status: str = "finished"
+    kinship: dict[str, Any] | None = None  # per-candidate kinship cost (KinshipSearch.summary)
 
 
 def library_versions() -> dict[str, str]:
@@ -92,6 +94,7 @@ class Controller:
         self.root = Path(options.storage_path)
         self.best: CandidateRecord | None = None
         self.merge_dtype = "float32"
+        self.kinship: KinshipSearch | None = None
 
     # ---- set-up ----------------------------------------------------------------------------
     def _worker_spec(self) -> WorkerSpec:
@@ -121,6 +124,7 @@ class Controller:
             in_memory=ev.in_memory,
             backend=ev.backend,
             input_cache=ev.input_cache,
+            torch_threads=ev.torch_threads,
             reshard_dir=str((self.root / "input_models").resolve()) if ev.reshard else None,
             input_models=tuple(dict.fromkeys(
                 [*self.genome.models, *([self.genome.base_model] if self.genome.base_model
@@ -148,6 +152,9 @@ class Controller:
 
         started = time.perf_counter()
         strategy = self._strategy()  # fails fast (e.g. an LLM preflight) before Ray starts
+        # Reads the models once (or the run's cache); a config it cannot serve fails here.
+        self.kinship = KinshipSearch.start(self.config, self.genome, self.storage, self.root,
+                                           self.echo)
         run_id, start_gen, resumed = self._open_run(strategy)
         self.run_id = run_id
         tracker = self._tracker()
@@ -187,6 +194,7 @@ class Controller:
             best_config_path=self._best_config_path(),
             final_model_path=final_path,
             resumed=resumed,
+            kinship=self.kinship.summary(cands) if self.kinship else None,
             status=status,
         )
 
@@ -272,6 +280,8 @@ class Controller:
 
     def _generation(self, gen: int, strategy: Strategy, pool) -> None:
         genotypes = [np.asarray(g, dtype=np.float64) for g in strategy.ask()]
+        kinship = (self.kinship.assess(self.run_id, gen, genotypes, strategy)
+                   if self.kinship else [None] * len(genotypes))
         self.storage.add_events(self.run_id, strategy.drain_events())
         self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict(), phase="asked")
         scores: list[float | None] = [None] * len(genotypes)
@@ -284,7 +294,7 @@ class Controller:
         for idx, genotype in enumerate(genotypes):
             prior = recorded.get(idx)
             if prior is not None and np.allclose(prior.genotype or [], genotype, atol=1e-12):
-                scores[idx] = prior.raw_score if prior.status == "ok" else None
+                scores[idx] = prior.score if prior.status == "ok" else None  # penalised
                 progress.update(scores[idx], best=self._best_score())
                 continue  # finished before an interruption: never evaluated twice
             try:
@@ -300,15 +310,19 @@ class Controller:
 
         def on_result(res: JobResult) -> None:
             rec = _record(res, None, genotypes[res.idx], configs.get(res.idx))
+            if self.kinship:  # raw_score = task score, score = what the strategy is told
+                rec = self.kinship.record(rec, kinship[res.idx])
             self.storage.record(self.run_id, rec)
             if res.status == "ok":
-                scores[res.idx] = res.score
+                scores[res.idx] = rec.score
                 self._maybe_new_best(rec)
             progress.update(res.score if res.status == "ok" else None, best=self._best_score())
 
         pool.run(jobs, on_result)
         progress.close()
         strategy.tell(genotypes, scores)
+        if self.kinship:
+            self.kinship.after_generation(self.run_id, gen, strategy)
         self.storage.add_events(self.run_id, strategy.drain_events())
         self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict())
 

@@ -13,6 +13,27 @@ def _row(name: str, results: dict[str, float] | None, score: float | None,
     return f"{name:<28}{''.join(cells)}{mean:>10.4f}{score_cell}"
 
 
+def kinship_lines(kin: dict | None) -> list[str]:
+    """The kinship cost: per candidate, against the candidates' mean evaluation time."""
+    if not kin:
+        return []
+    per = kin.get("per_candidate_s")
+    cost = f"{per * 1e6:.0f} us per candidate" if per is not None else "no candidate scored"
+    if kin.get("fraction") is not None:
+        cost += (f" = {100 * kin['fraction']:.3f}% of its evaluation time "
+                 f"({kin['eval_s']:.2f}s)")
+    how = "exact" if kin.get("exact") else f"sketch of {kin.get('sketch_size')} coordinates"
+    seconds = f"in {kin.get('seconds') or 0:.1f}s"
+    if kin.get("cached"):
+        source = f"statistics loaded from the run's cache {seconds}"
+    else:
+        source = (f"statistics from one read of {kin.get('checkpoints_read')} checkpoints, "
+                  f"{(kin.get('bytes_read') or 0) / 1e6:.1f} of "
+                  f"{(kin.get('file_bytes') or 0) / 1e6:.1f} MB, {seconds} (the pass itself "
+                  f"{kin.get('pass_seconds') or 0:.1f}s)")
+    return [f"kinship ({kin.get('metric')}, {how}): {cost}; {source}"]
+
+
 def summary_text(summary, config: RunConfig) -> str:
     keys = [f"{t.name}/{t.metric}" for t in config.tasks]
     header = f"{'model':<28}" + "".join(f"{k.split('/')[0][:10]:>10}" for k in keys)
@@ -20,6 +41,7 @@ def summary_text(summary, config: RunConfig) -> str:
     lines = [
         f"run {summary.run_id}: {summary.evaluations} candidates evaluated "
         f"({summary.failed} failed) in {summary.elapsed:.0f}s",
+        *kinship_lines(getattr(summary, "kinship", None)),
         "",
         header,
     ]

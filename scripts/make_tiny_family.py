@@ -9,13 +9,16 @@ fine-tunes beats every parent on the mean over both tasks.
 
 Design choices that make that answer robust:
 
-* the two skills use disjoint vocabularies (digits and ``+ = ,`` for arithmetic; made-up
-  nouns, category words and ``: ;`` for categories), so their task vectors touch mostly
-  different embedding rows and interfere little;
+* the two skills use disjoint vocabularies (numbers and ``,`` for counting on, the
+  "arith" skill; made-up nouns, category words and ``: ;`` for "category"), so their task
+  vectors touch mostly different embedding rows and interfere little;
+* the base corpus already holds both question formats with random answers: the base
+  knows the shapes (and scores at chance), so a fine-tune only learns the mapping itself;
 * every answer is one token and the four choices of a question are all of the same kind,
   so a skill's accuracy does not move when the other skill shifts the output distribution;
-* fine-tunes are short, use a modest learning rate and no weight decay, which keeps their
-  deltas small (task arithmetic needs that) and leaves untouched embedding rows identical.
+* fine-tunes are short, replay the base corpus, use no weight decay and a large Adam eps,
+  which keeps their deltas small and focused (task arithmetic needs that) and leaves
+  embedding rows of tokens they never see untouched.
 
 Usage: ``python scripts/make_tiny_family.py --out models/tiny [--force]``. Library use:
 ``build_family(out_dir)`` returns the ``family.json`` content and reuses a cached build
@@ -62,11 +65,13 @@ PARAMS: dict[str, Any] = {
     },
     "tokenizer": {"vocab_size": 1000},
     "base": {"steps": 300, "batch_size": 32, "seq_len": 32, "lr": 3e-3, "warmup": 30,
-             "weight_decay": 0.01, "format_fraction": 0.3},
-    "finetune": {"steps": 120, "batch_size": 32, "lr": 1e-3, "warmup": 10,
-                 "weight_decay": 0.0, "replay_fraction": 0.25},
+             "cosine": True, "adam_eps": 1e-8, "weight_decay": 0.01, "format_fraction": 0.3},
+    # Constant lr, no weight decay and a large Adam eps (tiny gradients give tiny updates):
+    # each fine-tune's delta stays concentrated where its skill needs it.
+    "finetune": {"steps": 150, "batch_size": 32, "lr": 1e-3, "warmup": 10, "cosine": False,
+                 "adam_eps": 1e-5, "weight_decay": 0.0, "replay_fraction": 0.25},
     "skills": {
-        "count": {"task": "tiny_skill_count", "n_numbers": 40, "max_facts": 4},
+        "arith": {"task": "tiny_skill_arith", "n_numbers": 40, "max_facts": 4},
         "category": {"task": "tiny_skill_category", "n_entities": 48, "max_facts": 5},
     },
     "n_test": 200,
@@ -203,7 +208,11 @@ class Skill:
 
 
 class CountSkill(Skill):
-    """Counting on: ``12 13 14`` is followed by ``15``; distractors are nearby numbers."""
+    """The arithmetic skill, counting on: ``12 13 14`` is followed by ``15``.
+
+    Distractors are nearby numbers. (Two-operand addition was tried first: it needs far
+    more fine-tuning steps to learn, and its task vector then wrecked the other skill.)
+    """
 
     separator = ","
 
@@ -255,7 +264,7 @@ def make_skills(rng: random.Random) -> list[Skill]:
     """The skills, in a fixed order (their order is part of the family's identity)."""
     cfg = PARAMS["skills"]
     return [
-        CountSkill("count", **cfg["count"]),
+        CountSkill("arith", **cfg["arith"]),
         CategorySkill("category", **cfg["category"], rng=rng),
     ]
 
@@ -376,24 +385,27 @@ def skill_batches(tokenizer: Any, examples: Sequence[Example], skills: Sequence[
         yield rows
 
 
-def train(model: Any, batches: Iterator[list[list[int]]], pad_id: int, steps: int, lr: float,
-          warmup: int, weight_decay: float, label: str) -> float:
-    """Plain AdamW with linear warmup and cosine decay; returns the last smoothed loss."""
+def train(model: Any, batches: Iterator[list[list[int]]], pad_id: int, cfg: Mapping[str, Any],
+          label: str) -> float:
+    """AdamW, linear warmup, then cosine decay to 10% or constant; returns the smoothed loss."""
     import math
 
     import torch
 
+    steps, warmup = cfg["steps"], cfg["warmup"]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay,
-                                                           "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.98), eps=1e-8,
+        [{"params": decay, "weight_decay": cfg["weight_decay"]},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"],
     )
 
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if not cfg["cosine"]:
+            return 1.0
         progress = (step - warmup) / max(1, steps - warmup)
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -574,8 +586,7 @@ def _build(out_dir: Path, fp: str) -> dict[str, Any]:
         base,
         pretrain_batches(tokenizer, skills, random.Random(f"{seed}-base"), cfg["batch_size"],
                          cfg["seq_len"]),
-        tokenizer.pad_token_id, cfg["steps"], cfg["lr"], cfg["warmup"], cfg["weight_decay"],
-        "base",
+        tokenizer.pad_token_id, cfg, "base",
     )
     timings["base"] = time.perf_counter() - t
     save(base, "base")
@@ -595,8 +606,7 @@ def _build(out_dir: Path, fp: str) -> dict[str, Any]:
             skill_batches(tokenizer, splits[skill.name][0], skills,
                           random.Random(f"{seed}-{skill.name}"), cfg["batch_size"],
                           cfg["replay_fraction"]),
-            tokenizer.pad_token_id, cfg["steps"], cfg["lr"], cfg["warmup"], cfg["weight_decay"],
-            f"ft_{skill.name}",
+            tokenizer.pad_token_id, cfg, f"ft_{skill.name}",
         )
         timings[f"ft_{skill.name}"] = time.perf_counter() - t
         name = f"ft_{skill.name}"

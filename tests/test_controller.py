@@ -75,7 +75,7 @@ def test_invalid_genotype_recorded_and_run_finishes(tmp_path, tiny_family, ray_c
     assert summary.failed == 2 and summary.evaluations == 6
     assert ScriptedStrategy.told[0][1] is None and ScriptedStrategy.told[0][0] is not None
     assert [e["kind"] for e in store.events(summary.run_id)] == ["told", "told"]
-    assert store.latest_checkpoint(summary.run_id) == (1, {"generation": 2})
+    assert store.latest_checkpoint(summary.run_id) == (1, "told", {"generation": 2})
     assert store.runs()[0]["status"] == "finished"
 
 

@@ -128,8 +128,13 @@ class InMemoryMerger:
         candidate while the resident model is busy with the current one."""
         out = []
         for item in self.tensors(merge_config):
-            if device is not None and item.tensor is not None:
-                item.tensor = item.tensor.to(device)
+            tensor = item.tensor
+            if tensor is not None:
+                if device is not None:
+                    tensor = tensor.to(device)
+                elif tensor.is_cuda and not _fits_on_gpu(tensor):
+                    tensor = tensor.cpu()  # a staged copy must never starve the evaluation
+                item.tensor = tensor
             out.append(item)
         return out
 
@@ -152,6 +157,14 @@ class InMemoryMerger:
         # os.devnull: the writer task is never run; if it ever were, it would fail loudly.
         planned = planner.plan_to_disk(out_path=os.devnull)
         return [t for t in planned if isinstance(t, SaveTensor)]
+
+
+def _fits_on_gpu(tensor: Any, headroom: int = 2 * GIB) -> bool:
+    """Whether keeping this (already allocated) tensor on its GPU leaves `headroom` free."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(tensor.device)
+    return free > headroom
 
 
 def _names(save: Any) -> tuple[str, ...]:

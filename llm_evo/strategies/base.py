@@ -52,6 +52,15 @@ class Strategy(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state produced by state_dict()."""
 
+    def on_stagnation(self, reason: str) -> None:
+        """The population's kinship stayed high for generations (the kinship monitor).
+        Strategies that can widen their search do it here; the default only records it."""
+        self.emit("stagnation", reason=reason)
+
+    def search_mean(self) -> np.ndarray | None:
+        """The centre the current population is drawn around, if the strategy has one."""
+        return None
+
     def emit(self, kind: str, **payload: Any) -> None:
         """Queue an event for the controller to record (never logged here)."""
         self.events.append({"kind": kind, "generation": self.generation, **payload})

@@ -71,6 +71,13 @@ class CMAES(Strategy):
         self._raw = None
         self.emit("cma_restart", sigma=sigma, reason=reason)
 
+    def on_stagnation(self, reason: str) -> None:
+        super().on_stagnation(reason)
+        self.restart(2.0, reason=reason)
+
+    def search_mean(self) -> np.ndarray:
+        return self.space.clip(self.es.mean)
+
     def state_dict(self) -> dict[str, Any]:
         blob = pickle.dumps((self.es, self._raw))
         return {"generation": self.generation, "es": base64.b64encode(blob).decode("ascii")}

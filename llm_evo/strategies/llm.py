@@ -94,6 +94,7 @@ class LLMStrategy(Strategy):
         self.archive: list[tuple[np.ndarray, float]] = []  # top-k, best first
         self.history: list[list[dict[str, str]]] = []  # last N accepted exchanges
         self.improved = False
+        self.force_sigma_high = False  # set by on_stagnation, for the next generation only
         self._pending: list[np.ndarray] | None = None
         self.emit(
             "llm_config", model=model, base_url=self.client.url,
@@ -127,11 +128,20 @@ class LLMStrategy(Strategy):
                 self.emit("sigma", sigma=sigma, improved=False, reason="generation 0")
             else:
                 mean = self._propose_mean()
-                sigma = self.sigma_low if self.improved else self.sigma_high
+                forced, self.force_sigma_high = self.force_sigma_high, False
+                sigma = self.sigma_low if self.improved and not forced else self.sigma_high
                 self.emit("sigma", sigma=sigma, improved=self.improved,
-                          reason="best improved" if self.improved else "no improvement")
+                          reason="kinship stagnation" if forced else
+                          "best improved" if self.improved else "no improvement")
             self._pending = self._population(mean, sigma)
         return [x.copy() for x in self._pending]
+
+    def on_stagnation(self, reason: str) -> None:
+        super().on_stagnation(reason)
+        self.force_sigma_high = True
+
+    def search_mean(self) -> np.ndarray | None:
+        return None if self._pending is None else self._pending[0].copy()
 
     def _start(self) -> np.ndarray:
         """Generation 0's mean: the uniform merge, or a seeded random point with
@@ -270,6 +280,7 @@ class LLMStrategy(Strategy):
             "archive": [{"genotype": g.tolist(), "fitness": f} for g, f in self.archive],
             "history": self.history,
             "improved": self.improved,
+            "force_sigma_high": self.force_sigma_high,
             "response_format": self.client.mode,
             "pending": None if self._pending is None else [x.tolist() for x in self._pending],
         }
@@ -287,6 +298,7 @@ class LLMStrategy(Strategy):
         ]
         self.history = [list(ex) for ex in state.get("history", [])]
         self.improved = bool(state.get("improved", False))
+        self.force_sigma_high = bool(state.get("force_sigma_high", False))
         if not self.client.forced:
             self.client.mode = state.get("response_format")
         pending = state.get("pending")
