@@ -149,7 +149,7 @@ def run_by_hand(genome, xs, root: Path, limit: int, batch_size: int, threads: in
             t = time.perf_counter()
             subprocess.run([str(bindir / "mergekit-yaml"), str(cfg), str(out),
                             "--lazy-unpickle", "--copy-tokenizer", "--quiet"],
-                           check=True, env=env, capture_output=True)
+                           check=True, env=env, capture_output=True, stdin=subprocess.DEVNULL)
             merge_t.append(time.perf_counter() - t)
             t = time.perf_counter()
             subprocess.run([str(bindir / "lm_eval"), "run", "--model", "hf", "--model_args",
@@ -157,7 +157,7 @@ def run_by_hand(genome, xs, root: Path, limit: int, batch_size: int, threads: in
                             "--tasks", ",".join(TASKS), "--include_path", str(root / "tasks"),
                             "--limit", str(limit), "--batch_size", str(batch_size),
                             "--output_path", str(work / f"r{i}")],
-                           check=True, env=env, capture_output=True)
+                           check=True, env=env, capture_output=True, stdin=subprocess.DEVNULL)
             eval_t.append(time.perf_counter() - t)
             found = sorted((work / f"r{i}").rglob("results_*.json"))
             res = json.loads(found[-1].read_text())["results"]
