@@ -5,6 +5,8 @@ hidden 128; `tiny_skill_arith` + `tiny_skill_category`) three ways, and breaks e
 candidate's wall time down into merge, load, evaluate and the rest:
 
 1. on disk: the default worker (mergekit `run_merge` to a temp folder, HFLM loads it);
+   also, for reference, the same loop as it was before issue #6 and as mergekit-evolve's
+   on-disk actor runs it: a `simple_evaluate` call per candidate;
 2. in memory: `--in-memory` (merged tensors copied into one resident model);
 3. by hand: what a user would script, `mergekit-yaml` then the `lm_eval` CLI per candidate.
 
@@ -133,6 +135,53 @@ def run_pool(spec, genome, xs, root: Path, strategy: str, workers: int, label: s
                merge_compute=sum(r.t_merge or 0.0 for r in rs) / n)
 
 
+def run_simple_evaluate(genome, xs, root: Path, limit: int, batch_size: int) -> Row:
+    """The on-disk loop before issue #6 (and mergekit-evolve's on-disk actor): run_merge,
+    then a fresh HFLM and `lm_eval.simple_evaluate` per candidate, in this process."""
+    import gc
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    t0 = time.perf_counter()
+    tm = TaskManager(include_path=str(root / "tasks"))
+    startup = time.perf_counter() - t0
+    options = MergeOptions(copy_tokenizer=True, lazy_unpickle=True, write_model_card=False,
+                           quiet=True)
+    work = Path(tempfile.mkdtemp(prefix="simple_eval_"))
+    merge_t, load_t, eval_t, scores = [], [], [], {}
+    t0 = time.perf_counter()
+    try:
+        for i, x in enumerate(xs):
+            out = work / f"c{i}"
+            t = time.perf_counter()
+            run_merge(MergeConfiguration.model_validate(genome.merge_config_dict(x, "float32")),
+                      out_path=str(out), options=options)
+            merge_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            lm = HFLM(pretrained=str(out), device="cpu", dtype="float32", batch_size=batch_size)
+            load_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            res = lm_eval.simple_evaluate(model=lm, tasks=list(TASKS), task_manager=tm,
+                                          limit=limit, log_samples=False, bootstrap_iters=0)
+            eval_t.append(time.perf_counter() - t)
+            scores[i] = sum(res["results"][t]["acc,none"] for t in TASKS)
+            del lm, res
+            shutil.rmtree(out)
+            gc.collect()
+        wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    n = len(xs)
+    return Row("on disk, before #6: simple_evaluate per candidate", "-", 1, n, wall,
+               merge=sum(merge_t) / n, load=sum(load_t) / n, evaluate=sum(eval_t) / n,
+               startup=startup, scores=scores)
+
+
 def run_by_hand(genome, xs, root: Path, limit: int, batch_size: int, threads: int) -> Row:
     """`mergekit-yaml` then `lm_eval` per candidate, as subprocesses (with the same number
     of torch threads as one worker of the other paths)."""
@@ -238,6 +287,8 @@ def main() -> None:
                 if key not in best or row.wall < best[key].wall:
                     best[key] = row
         rows = list(best.values())
+        torch.set_num_threads(args.threads)
+        rows.append(run_simple_evaluate(genome, xs, root, args.limit, args.batch_size))
         if not args.skip_hand:  # 20x slower than the rest: once is enough to place it
             rows.append(run_by_hand(genome, xs, root, args.limit, args.batch_size,
                                     args.threads))
@@ -265,6 +316,8 @@ def main() -> None:
     hand = next((r for r in rows if r.path.startswith("by hand")), None)
     if hand:
         print(f"in memory vs by hand: {hand.per_candidate / mem.per_candidate:.1f}x")
+    old = next(r for r in rows if r.path.startswith("on disk, before"))
+    print(f"in memory vs on disk before #6: {old.per_candidate / mem.per_candidate:.1f}x")
     for key in (("in memory", "pool", 2), ("in memory", "buffered", 1)):
         print(f"{key[0]} {key[1]} {key[2]}w vs 1w pool: "
               f"{mem.per_candidate / by[key].per_candidate:.2f}x throughput")
