@@ -135,6 +135,24 @@ def run_pool(spec, genome, xs, root: Path, strategy: str, workers: int, label: s
                merge_compute=sum(r.t_merge or 0.0 for r in rs) / n)
 
 
+def run_with_retry(spec, genome, xs, root: Path, strategy: str, workers: int, label: str,
+                   cpus: int, attempts: int = 3) -> Row:
+    """On a shared machine someone's `ray stop` may kill our local cluster: start it again."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            return run_pool(spec, genome, xs, root, strategy, workers, label)
+        except Exception as exc:  # noqa: BLE001 - retried, then re-raised
+            if attempt == attempts - 1:
+                raise
+            print(f"retrying {label}/{strategy}/{workers}w after: {str(exc)[:200]}",
+                  file=sys.stderr, flush=True)
+            ray.shutdown()
+            ray.init(num_cpus=max(cpus, 2), include_dashboard=False, log_to_driver=False)
+    raise AssertionError("unreachable")
+
+
 def run_simple_evaluate(genome, xs, root: Path, limit: int, batch_size: int) -> Row:
     """The on-disk loop before issue #6 (and mergekit-evolve's on-disk actor): run_merge,
     then a fresh HFLM and `lm_eval.simple_evaluate` per candidate, in this process."""
@@ -279,9 +297,11 @@ def main() -> None:
     try:
         # Interleaved repeats, best of each: the machine may be shared, and the load that
         # other jobs put on it changes over minutes; the best run is the least disturbed.
-        for _ in range(args.repeat):
+        for rep in range(args.repeat):
             for cfg_spec, strategy, workers, label in configs:
-                row = run_pool(cfg_spec, genome, xs, root, strategy, workers, label)
+                row = run_with_retry(cfg_spec, genome, xs, root, strategy, workers, label, cpus)
+                print(f"[{rep + 1}/{args.repeat}] {label}, {strategy}, {workers}w: "
+                      f"{row.per_candidate:.3f} s/cand", file=sys.stderr, flush=True)
                 key = (label, strategy, workers)
                 walls.setdefault(key, []).append(row.per_candidate)
                 if key not in best or row.wall < best[key].wall:

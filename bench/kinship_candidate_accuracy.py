@@ -9,7 +9,7 @@ torch seeds: the spread between real merges of the same genotypes is the floor n
 can beat.
 
     python bench/kinship_candidate_accuracy.py --markdown
-    python bench/kinship_candidate_accuracy.py --methods dare_ties --seeds 6 --density-min 0
+    python bench/kinship_candidate_accuracy.py --methods dare_ties --seeds 8 --density-min 0
 """
 
 from __future__ import annotations
@@ -116,15 +116,20 @@ def main(argv: list[str] | None = None) -> int:
                 pcc = [np.abs(pred["pcc"] - r.metric("pcc")[pairs]).max() for r in real]
                 ed = [(np.abs(pred["ed"] - r.metric("ed")[pairs]) / r.metric("ed")[pairs]).max()
                       for r in real]
+                # dare drops at random: what the estimate targets is the expected kinship,
+                # approximated by the mean over the real merges' seeds.
+                mean_cs = np.stack([r.metric("cs")[pairs] for r in real]).mean(axis=0)
+                vs_mean = np.abs(pred["cs"] - mean_cs).max()
                 rows.append([method, f"{sketch}" if sketch else "exact",
                              f"{args.genotypes} ({len(pairs[0])} pairs)", f"{len(real)}",
                              f"{max(cs):.2e}", f"{max(pcc):.2e}", f"{max(ed):.2e}",
                              ", ".join(f"{e:.3f}" for e in cs) if len(real) > 1 else "-",
-                             f"{spread:.4f}" if len(real) > 1 else "-", f"{per * 1e3:.2f}"])
+                             f"{spread:.4f}" if len(real) > 1 else "-",
+                             f"{vs_mean:.2e}" if len(real) > 1 else "-", f"{per * 1e3:.2f}"])
                 print("  ".join(rows[-1]), file=sys.stderr)
     header = ["method", "sketch", "genotypes", "merges per genotype", "max abs Δcs",
               "max abs Δpcc", "max rel Δed", "max abs Δcs per merge seed",
-              "real cs spread (max sd)", "ms / candidate"]
+              "real cs spread (max sd)", "max abs Δcs vs seeds' mean", "ms / candidate"]
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

@@ -10,7 +10,7 @@ fine-tunes beats every parent on the mean over both tasks.
 Design choices that make that answer robust:
 
 * the two skills use disjoint vocabularies (numbers and ``,`` for counting on, the
-  "arith" skill; made-up nouns, category words and ``: ;`` for "category"), so their task
+  "arith" skill; made-up nouns, category words and ``;`` for "category"), so their task
   vectors touch mostly different embedding rows and interfere little;
 * the base corpus already holds both question formats with random answers: the base
   knows the shapes (and scores at chance), so a fine-tune only learns the mapping itself;
@@ -84,14 +84,19 @@ SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 DETERMINERS = ["the", "a", "every", "some", "this", "that", "my", "your", "our", "no"]
 ADJECTIVES = """big small red blue green old young happy sad quick slow bright dark warm cold
 soft hard loud quiet tall short heavy light clean dirty strong weak rich poor brave calm
-wild gentle empty full sweet bitter busy lazy kind""".split()
+wild gentle empty full sweet bitter busy lazy kind proud shy clever silly golden silver
+wooden broken hidden famous strange lonely noisy tiny huge gray yellow purple""".split()
 NOUNS = """dog cat bird horse cow child teacher farmer king queen river mountain house garden
 road city forest tree flower book letter window door table chair boat ship train car
 friend doctor baker painter sailor village castle bridge lake field hill cloud song story
-lamp basket wagon cart""".split()
-VERBS = """sees likes finds follows helps watches carries builds paints finds visits remembers
+lamp basket wagon cart apple bread cheese candle mirror blanket pillow ladder bucket
+island valley desert meadow harbor market school tower kitchen palace prince princess
+soldier hunter merchant student wizard giant dragon rabbit mouse goat sheep wolf bear
+fox owl duck frog snake""".split()
+VERBS = """sees likes finds follows helps watches carries builds paints visits remembers
 loves leaves meets calls opens closes pushes pulls holds drops wants brings keeps reads
-writes sells buys hides chases""".split()
+writes sells buys hides chases feeds washes draws throws catches greets teaches guards
+fixes""".split()
 PREPOSITIONS = ["near", "under", "behind", "beside", "inside", "across", "over", "beyond"]
 ADVERBS = ["today", "again", "slowly", "quickly", "often", "never", "always", "together"]
 CONJUNCTIONS = ["and", "but", "while", "because"]
@@ -239,7 +244,12 @@ class CountSkill(Skill):
 
 
 class CategorySkill(Skill):
-    """Made-up facts, ``blick : gem``: which of four categories a nonce noun belongs to."""
+    """Made-up facts, ``blick gem``: which of four categories a nonce noun belongs to.
+
+    The category follows the noun directly, so (like counting on) the answer is read off
+    the last token. With a ``blick : gem`` format, the answer has to be fetched by attention
+    and the counting task vector disturbed that more often in merges.
+    """
 
     separator = ";"
 
@@ -251,13 +261,13 @@ class CategorySkill(Skill):
 
     def fact(self, rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
         entity = rng.choice(self.entities)
-        return f"{entity} :", self.mapping[entity], tuple(CATEGORIES)
+        return entity, self.mapping[entity], tuple(CATEGORIES)
 
     def answer_space(self) -> list[str]:
         return list(CATEGORIES)
 
     def vocabulary(self) -> list[str]:
-        return [*self.entities, *CATEGORIES, ":", self.separator]
+        return [*self.entities, *CATEGORIES, self.separator]
 
 
 def make_skills(rng: random.Random) -> list[Skill]:
