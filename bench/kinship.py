@@ -26,7 +26,7 @@ HIDDEN, INTER, VOCAB, KV = 2048, 5632, 32000, 512
 # Fraction of each fine-tune's delta along the shared direction: cs(i, j) ~= c_i * c_j.
 SHARED = (0.9, 0.8, 0.6, 0.3)
 DELTA_SCALE = 2e-3
-STARTUP = "import torch, safetensors.torch, llm_evo.kinship, llm_evo.cli.kinship"
+STARTUP = "import llm_evo.kinship, llm_evo.cli.kinship, llm_evo.kinship.fast, threadpoolctl"
 
 
 def llama_shapes(layers: int) -> dict[str, tuple[int, ...]]:
@@ -167,7 +167,7 @@ def main() -> None:
                 subprocess.run([*gen, *member], check=True)
                 print(f"wrote {path} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         run_measured(cat_cmd(family))  # warm the page cache
-        # What every run pays before it reads a byte: the interpreter and `import torch`.
+        # What every run pays before it reads a byte: the interpreter and our imports.
         startup, startup_cpu, _, _ = best_of([sys.executable, "-c", STARTUP], args.repeat)
         for label, models, cmd in runs:
             read, read_cpu, _, _ = best_of(cat_cmd(models), args.repeat)
@@ -204,7 +204,7 @@ def main() -> None:
     print(
         f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.layers} layers,"
         f" {rows[-1][2] / len(family) / 1e9:.2f} GB of bf16 per model; warm page cache; best of"
-        f" {args.repeat}; startup (python + import torch): {startup:.2f}s wall,"
+        f" {args.repeat}; startup (python + imports): {startup:.2f}s wall,"
         f" {startup_cpu:.2f}s CPU; this process's own peak RSS:"
         f" {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB"
     )

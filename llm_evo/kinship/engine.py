@@ -138,6 +138,22 @@ def _explain(plan: _Plan, base: CheckpointReader, models: Sequence[CheckpointRea
         w.append(f"skipped {len(plan.non_float)} non-float tensor(s): {_short(plan.non_float)}")
 
 
+def _fast_items(plan: _Plan, base: CheckpointReader, models: Sequence[CheckpointReader]
+                ) -> list[tuple[str, int]] | None:
+    """(name, elements to compare) for the torch-free pass, or None where it cannot read."""
+    from llm_evo.kinship.fast import supports
+
+    items = []
+    for name, rows in plan.items:
+        infos = [r.info(name) for r in (base, *models)]
+        if not supports(infos):
+            return None
+        shape = infos[0].shape
+        n = infos[0].numel if rows is None else rows * (infos[0].numel // shape[0])
+        items.append((name, n))
+    return items
+
+
 def stream_gram(
     models: Sequence[str | os.PathLike[str]],
     base: str | os.PathLike[str],
@@ -168,8 +184,26 @@ def stream_gram(
         workers=workers,
         labels=labels,
     )
+    fast_items = _fast_items(plan, base_reader, readers) if (
+        acc.device == "cpu" and not low_precision) else None
+    if fast_items is not None:
+        from llm_evo.kinship.fast import gram_pass
+
+        names = [name for name, _ in fast_items]
+        done = iter(range(len(names)))
+
+        def record(name: str, stats) -> None:  # noqa: ANN001 - GramStats
+            if progress is not None:
+                progress(next(done), len(names), name)
+            acc.record(name, stats)
+
+        gram_pass(fast_items, [[r.info(n) for r in (base_reader, *readers)] for n in names],
+                  len(readers), labels=labels, workers=acc.workers, on_tensor=record)
+        elements = sum(n for _, n in fast_items)
+        bytes_read = sum(n * r.info(name).element_size for name, n in fast_items
+                         for r in (base_reader, *readers))
     with acc:
-        for i, (name, rows) in enumerate(plan.items):
+        for i, (name, rows) in enumerate(plan.items if fast_items is None else ()):
             if progress is not None:
                 progress(i, len(plan.items), name)
             tensors = [base_reader.read(name), *(r.read(name) for r in readers)]

@@ -58,6 +58,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str  # torch dtype name ("bfloat16") for floats, the raw code otherwise
     file: Path
+    offset: int | None = None  # safetensors: where the tensor's bytes start in `file`
 
     @property
     def numel(self) -> int:
@@ -65,6 +66,10 @@ class TensorInfo:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def element_size(self) -> int:
+        return {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}.get(self.dtype, 1)
 
     @property
     def is_float(self) -> bool:
@@ -180,13 +185,15 @@ class CheckpointReader:
         for file in self.files:
             try:
                 with safe_open(str(file), framework="numpy") as fh:
+                    offsets = _data_offsets(file)
                     for name in fh.offset_keys():
                         if weight_map is not None and weight_map.get(name) != file.name:
                             continue
                         sl = fh.get_slice(name)
                         code = sl.get_dtype()
                         dtype = _FLOAT_CODES.get(code, code)
-                        self._add(TensorInfo(name, tuple(sl.get_shape()), dtype, file))
+                        self._add(TensorInfo(name, tuple(sl.get_shape()), dtype, file,
+                                             offsets.get(name)))
             except ConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - safetensors raises several types
@@ -313,6 +320,17 @@ class CheckpointReader:
 
     def close(self) -> None:
         self._bin_cache = None
+
+
+def _data_offsets(file: Path) -> dict[str, int]:
+    """Absolute byte offset of each tensor in a safetensors file (8-byte length, JSON header,
+    then the data), read from the header that safe_open has just validated."""
+    with open(file, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    start = 8 + size
+    return {name: start + int(meta["data_offsets"][0]) for name, meta in header.items()
+            if name != "__metadata__"}
 
 
 def _one_line(exc: BaseException) -> str:

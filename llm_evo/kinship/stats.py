@@ -176,6 +176,10 @@ class GramAccumulator:
         """Add deltas the caller already has (e.g. from an in-memory merge), one per model."""
         return self.add(name, None, deltas)
 
+    def record(self, name: str, stats: GramStats) -> None:
+        """Add statistics computed elsewhere (the torch-free pass in fast.py)."""
+        self._record(name, stats)
+
     def _record(self, name: str, stats: GramStats) -> None:
         if name in self.tensors:
             raise ValueError(f"tensor {name} was added twice")
