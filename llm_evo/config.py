@@ -75,6 +75,9 @@ class GenomeConfig(_Frozen):
 
 
 class SearchConfig(_Frozen):
+    """`init: data` starts the search at data-driven weights: softmax(-loss / temperature)
+    of each model's loss on `example_data` (JSONL {input, output}; see docs/mix.md)."""
+
     strategy: str = "cma"
     population_size: int | None = Field(default=None, ge=2)
     max_generations: int = Field(default=10, ge=1)
@@ -83,6 +86,17 @@ class SearchConfig(_Frozen):
     sigma_low: float = Field(default=0.05, ge=0)
     sigma_high: float = Field(default=0.2, ge=0)
     evaluate_parents: bool = True
+    init: Literal["uniform", "data"] = "uniform"
+    example_data: str | None = None
+    temperature: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _init_data(self) -> SearchConfig:
+        if self.init == "data" and not self.example_data:
+            raise ValueError("search.init: data needs search.example_data (a JSONL file)")
+        if self.example_data and self.init != "data":
+            raise ValueError("search.example_data is set but search.init is not data")
+        return self
 
 
 class EvaluationConfig(_Frozen):
@@ -202,6 +216,14 @@ class RunConfig(_Frozen):
     kinship: KinshipConfig = Field(default_factory=KinshipConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
+    @model_validator(mode="after")
+    def _one_start(self) -> RunConfig:
+        if self.random_init and self.search.init == "data":
+            raise ValueError("random_init and search.init: data both choose the start point")
+        if self.search.init == "data" and self.genome.merge_method == "slerp":
+            raise ValueError("search.init: data sets merge weights; slerp has none")
+        return self
+
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
@@ -244,6 +266,16 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
         elif a != b:
             lines.append(f"{name}: {json.dumps(a)} -> {json.dumps(b)}")
     return lines
+
+
+def resume_diff(stored_json: str, config: RunConfig) -> list[str]:
+    """What stops `config` from continuing a run stored as `stored_json` (empty: nothing).
+
+    The stored config is read with today's schema, so a field added since that run takes
+    its default on both sides, and an upgrade alone never blocks a resume.
+    """
+    stored = RunConfig.model_validate_json(stored_json)
+    return config_diff(stored.identity(), config.identity())
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

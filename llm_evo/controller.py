@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from llm_evo import __version__
-from llm_evo.config import RunConfig, config_diff
+from llm_evo.config import RunConfig, resume_diff
 from llm_evo.errors import ConfigError, InvalidGenotypeError
 from llm_evo.evaluation.jobs import Job, JobResult, TaskSpec, WorkerSpec
 from llm_evo.genome import Genome
@@ -133,9 +133,19 @@ class Controller:
 
     def _strategy(self) -> Strategy:
         s = self.config.search
-        return make_strategy(
+        space, init = self.genome.space, None
+        if s.init == "data":  # start where `llm-evo mix --example-data` would mix
+            from llm_evo.mix.seed import search_init_weights, seeded_space
+
+            config_dir = Path(self.options.config_dir) if self.options.config_dir else None
+            init = search_init_weights(self.genome, s.example_data, s.temperature, config_dir)
+            space = seeded_space(self.genome, init.weights)
+            self.echo("search.init data: " + ", ".join(
+                f"{label} {w:.3f} (loss {loss:.3f})" for label, w, loss in
+                zip(self.genome.model_labels, init.weights, init.losses, strict=True)))
+        strategy = make_strategy(
             s.strategy,
-            self.genome.space,
+            space,
             seed=s.seed,
             population_size=s.population_size,
             sigma0=s.sigma0,
@@ -145,6 +155,9 @@ class Controller:
             llm=self.config.llm,
             **self.options.strategy_kwargs,
         )
+        if init is not None:  # recorded in the ledger with the run's first events
+            strategy.emit("init_data", **init.to_dict())
+        return strategy
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -209,9 +222,8 @@ class Controller:
         latest = self.storage.latest_run()
         want = self.config.config_hash()
         if latest is not None and not self.options.force_new_run:
-            if latest["config_hash"] != want:
-                stored = RunConfig.model_validate_json(latest["config_json"])
-                diff = config_diff(stored.identity(), self.config.identity())
+            diff = resume_diff(latest["config_json"], self.config)
+            if latest["config_hash"] != want and diff:
                 shown = "; ".join(diff[:6]) + (f"; +{len(diff) - 6} more" if len(diff) > 6
                                                else "")
                 raise ConfigError(

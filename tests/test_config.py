@@ -112,3 +112,16 @@ def test_config_diff_names_changed_leaves():
     b = with_overrides(a, {"search.max_generations": 3, "limit": 5})
     assert config_diff(a.identity(), b.identity()) == ["limit: null -> 5",
                                                        "search.max_generations: 10 -> 3"]
+
+
+def test_a_run_stored_before_a_field_was_added_still_resumes():
+    import json
+
+    from llm_evo.config import resume_diff
+
+    cfg = parse_config(MINIMAL)
+    old = json.loads(cfg.canonical_json())
+    del old["search"]["init"]  # as a run written before `search.init` existed
+    assert resume_diff(json.dumps(old), cfg) == []
+    changed = with_overrides(cfg, {"search.seed": 3})
+    assert resume_diff(json.dumps(old), changed) == [f"search.seed: {cfg.search.seed} -> 3"]

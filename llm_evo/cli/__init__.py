@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "report": ("llm_evo.cli.report:report", "Plots and summary.md of a stored run."),
     "runs": ("llm_evo.cli.runs:runs", "List the runs in a storage folder."),
+    "mix": ("llm_evo.cli.mix:mix", "Weighted average of models; weights given or from data."),
 }
 
 
