@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "llm_evo.cli.kinship_matrix:kinship_matrix",
         "Pairwise kinship of N models in one streaming pass.",
     ),
+    "pool": ("llm_evo.cli.pool:pool", "Top-k greedy merging of a model pool, guided by kinship."),
     "report": ("llm_evo.cli.report:report", "Plots and summary.md of a stored run."),
     "runs": ("llm_evo.cli.runs:runs", "List the runs in a storage folder."),
     "mix": ("llm_evo.cli.mix:mix", "Weighted average of models; weights given or from data."),

@@ -12,11 +12,20 @@ import click
 @click.option("--out", "out_dir", default=None, metavar="DIR",
               help="Folder for the PNGs and summary.md (default: STORAGE_PATH/report).")
 def report(storage_path: str, run_id: int | None, out_dir: str | None) -> None:
-    """Write score, genome, kinship and timing plots and summary.md for a stored run."""
-    from llm_evo.report import PLOTS, write_report
+    """Write score, genome, kinship and timing plots and summary.md for a stored run
+    (for a `llm-evo pool` run: its family tree, rounds and summary.md)."""
+    from llm_evo.pool.report import is_pool_storage
 
-    result = write_report(storage_path, run_id=run_id, out_dir=out_dir)
+    if is_pool_storage(storage_path):
+        from llm_evo.pool.report import PLOTS, write_pool_report
+
+        result = write_pool_report(storage_path, run_id=run_id, out_dir=out_dir)
+    else:
+        from llm_evo.report import PLOTS, write_report
+
+        result = write_report(storage_path, run_id=run_id, out_dir=out_dir)
     click.echo(f"run {result.run_id}: report in {result.out_dir}")
     click.echo(f"  {result.summary.name}")
+    width = max([14, *(len(p.name) + 2 for p in result.plots.values())])
     for name, path in result.plots.items():
-        click.echo(f"  {path.name:<14}{PLOTS[name]}")
+        click.echo(f"  {path.name:<{width}}{PLOTS[name]}")

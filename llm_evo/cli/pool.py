@@ -1,0 +1,87 @@
+"""`llm-evo pool CONFIG`: top-k greedy merging with model kinship (see docs/pool.md)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command()
+@click.argument("config_path", metavar="CONFIG")
+@click.option("--storage-path", required=True,
+              help="Folder for the lineage ledger and the pool's models.")
+@click.option("--top-k", type=click.IntRange(2), default=None, help="Config: pool.top_k.")
+@click.option("--exploration/--no-exploration", default=None,
+              help="Merge the best with its least related model each round "
+                   "(config: pool.exploration; off = plain greedy).")
+@click.option("--merge-method", type=click.Choice(["slerp", "linear", "task_arithmetic"]),
+              default=None, help="Config: pool.merge_method.")
+@click.option("--t", "t", type=click.FloatRange(0, 1), default=None, help="Config: pool.t.")
+@click.option("--kinship-metric", type=click.Choice(["pcc", "cs", "ed"]), default=None,
+              help="Config: pool.kinship_metric.")
+@click.option("--kinship-stop", type=float, default=None,
+              help="Stop once the top-k's mean kinship passes this (config: pool.kinship_stop).")
+@click.option("--max-rounds", type=click.IntRange(1), default=None)
+@click.option("--max-evaluations", type=click.IntRange(1), default=None,
+              help="Budget for the whole run, input models included.")
+@click.option("--random-seed", type=int, default=None, help="Config: pool.seed.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="lm-eval examples per task (config: limit).")
+@click.option("--task-search-path", multiple=True, help="Folder of lm-eval task YAMLs (repeat).")
+@click.option("--num-workers", type=click.IntRange(1), default=None,
+              help="CPU workers when there is no GPU (default: CPUs, at most 4).")
+@click.option("--num-gpus", type=click.IntRange(0), default=None)
+@click.option("--ray-address", default=None, help="Join this Ray cluster instead of a local one.")
+@click.option("--trust-remote-code", is_flag=True, default=False)
+@click.option("--allow-crimes", is_flag=True, default=False)
+@click.option("--force-new-run", is_flag=True, default=False,
+              help="Start another pool run in a storage path that already holds one.")
+@click.option("--quiet", is_flag=True, default=False, help="No progress bars.")
+@click.option("--verbose", is_flag=True, default=False, help="Log at INFO level.")
+def pool(config_path: str, storage_path: str, top_k: int | None, exploration: bool | None,
+         merge_method: str | None, t: float | None, kinship_metric: str | None,
+         kinship_stop: float | None, max_rounds: int | None, max_evaluations: int | None,
+         random_seed: int | None, limit: int | None, task_search_path: tuple[str, ...],
+         num_workers: int | None, num_gpus: int | None, ray_address: str | None,
+         trust_remote_code: bool, allow_crimes: bool, force_new_run: bool, quiet: bool,
+         verbose: bool) -> None:
+    """Merge a pool of fine-tunes greedily: every pair, then the top-k, until it settles."""
+    from pathlib import Path
+
+    from llm_evo.cli.common import setup_logging
+    from llm_evo.pool.config import load_pool_config, with_pool_overrides
+    from llm_evo.pool.runner import PoolOptions, PoolRunner, describe
+
+    config = with_pool_overrides(load_pool_config(config_path), {
+        "pool.top_k": top_k,
+        "pool.exploration": exploration,
+        "pool.merge_method": merge_method,
+        "pool.t": t,
+        "pool.kinship_metric": kinship_metric,
+        "pool.kinship_stop": kinship_stop,
+        "pool.max_rounds": max_rounds,
+        "pool.max_evaluations": max_evaluations,
+        "pool.seed": random_seed,
+        "limit": limit,
+    })
+    setup_logging(verbose, Path(storage_path) / "pool.log")
+    options = PoolOptions(
+        storage_path=storage_path,
+        ray_address=ray_address,
+        num_workers=num_workers,
+        num_gpus=num_gpus,
+        task_search_paths=task_search_path,
+        config_dir=str(Path(config_path).resolve().parent),
+        trust_remote_code=trust_remote_code,
+        allow_crimes=allow_crimes,
+        quiet=quiet,
+        force_new_run=force_new_run,
+    )
+    runner = PoolRunner(config, options, echo=lambda m: click.echo(m, err=True))
+    try:
+        summary = runner.run()
+    except KeyboardInterrupt:
+        click.echo("interrupted: the lineage so far is recorded in the storage path", err=True)
+        sys.exit(130)
+    click.echo(describe(summary, config.pool.kinship_metric))

@@ -1,0 +1,14 @@
+"""`llm-evo pool`: top-k greedy merging with model kinship (arXiv 2410.12613, Algorithm 1).
+
+Start from n fine-tunes of one base, merge every pair, keep the top-k by score, and keep
+merging the top-k (plus, by default, one exploration merge of the best with its least
+related model) until the top-k stops changing. The pieces are kept apart so the algorithm
+can be tested without Ray or lm-eval:
+
+- `config`: the frozen pool config (`pool:` plus the run config's `tasks:` and lm-eval keys)
+- `algorithm`: pure planning: which pairs to merge, the exploration partner, top-k, stopping
+- `merging`: the mergekit config of one pairwise merge, and running it
+- `lineage`: the SQLite ledger of models, merges, kinship and rounds (`llm_evo_pool.sqlite`)
+- `runner`: the loop (Ray workers, kinship, merges on disk, deleting what leaves the top-k)
+- `report`: the family tree PNG and summary.md drawn from the ledger
+"""

@@ -1,0 +1,169 @@
+"""The pool config: a `pool:` section plus the run config's `tasks:` and lm-eval keys.
+
+`tasks:`, `limit`, `num_fewshot`, ... and `evaluation:` mean exactly what they mean for
+`llm-evo run` (the models are imported from `llm_evo.config`), so one objective can be
+scored by both commands. A pool config has no `genome:`; the `pool:` key is what tells
+the two kinds of config apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llm_evo.config import EvaluationConfig, TaskConfig
+from llm_evo.errors import ConfigError
+
+PoolMethod = Literal["slerp", "linear", "task_arithmetic"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PoolSection(_Frozen):
+    """What to merge and how the greedy loop runs.
+
+    `t`: slerp's interpolation factor; for linear and task_arithmetic the two parents get
+    weights `(1 - t, t)` unless `weights` is given. `exploration`: also merge the best
+    model with its least related model each round (off: the plain greedy baseline).
+    `kinship_stop`: stop once the mean pairwise kinship of the top-k passes it (for `ed`,
+    a distance: falls below it). `max_evaluations` caps the whole run, inputs included, so
+    two runs can be compared at the same budget.
+    """
+
+    models: list[str] = Field(min_length=2)
+    base_model: str = Field(min_length=1)
+    top_k: int = Field(default=3, ge=2)
+    merge_method: PoolMethod = "slerp"
+    t: float = Field(default=0.5, ge=0.0, le=1.0)
+    weights: tuple[float, float] | None = None
+    dtype: str | None = None
+    exploration: bool = True
+    kinship_metric: Literal["pcc", "cs", "ed"] = "pcc"
+    kinship_stop: float | None = None
+    max_rounds: int = Field(default=20, ge=1)
+    max_evaluations: int | None = Field(default=None, ge=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoolSection:
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("pool.models lists a model twice")
+        if self.base_model in self.models:
+            raise ValueError("pool.base_model is also in pool.models (kinship is measured "
+                             "against the base, so it cannot be a pool member)")
+        if self.weights is not None and self.merge_method == "slerp":
+            raise ValueError("pool.weights is for linear and task_arithmetic; slerp uses t")
+        if self.max_evaluations is not None and self.max_evaluations < len(self.models):
+            raise ValueError(f"pool.max_evaluations {self.max_evaluations} does not cover the "
+                             f"{len(self.models)} input models")
+        return self
+
+    @property
+    def pair_weights(self) -> tuple[float, float]:
+        return self.weights if self.weights is not None else (1.0 - self.t, self.t)
+
+
+class PoolConfig(_Frozen):
+    """A whole pool run."""
+
+    pool: PoolSection
+    tasks: list[TaskConfig] = Field(min_length=1)
+    limit: int | None = Field(default=None, ge=1)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    shuffle: bool = False
+    apply_chat_template: bool = True
+    fewshot_as_multiturn: bool = True
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        names = [t.name for t in tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tasks: {', '.join(dupes)} listed twice")
+        return tasks
+
+    @model_validator(mode="after")
+    def _disk_only(self) -> PoolConfig:
+        # Pool members must exist on disk (they are kept, merged again and deleted), so
+        # the in-memory backend, which never writes a merge, does not fit.
+        if self.evaluation.in_memory:
+            raise ValueError("evaluation.in_memory is not supported by llm-evo pool")
+        return self
+
+    @property
+    def chat_template(self) -> bool:
+        if self.evaluation.apply_chat_template is not None:
+            return self.evaluation.apply_chat_template
+        return self.apply_chat_template
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    where = f" at {loc}" if loc else ""
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: invalid pool config{where}: {msg}{more}"
+
+
+def is_pool_config(data: Any) -> bool:
+    """Whether a loaded YAML mapping is a pool config (it has `pool:`, not `genome:`)."""
+    return isinstance(data, dict) and "pool" in data and "genome" not in data
+
+
+def parse_pool_config(data: Any, source: str = "<pool config>") -> PoolConfig:
+    """Validate a mapping into a PoolConfig, raising a one-line ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the pool config must be a YAML mapping with pool: and "
+                          "tasks:")
+    if "genome" in data:
+        raise ConfigError(f"{source}: this is a run config (it has genome:); llm-evo pool "
+                          "needs a pool: section")
+    try:
+        return PoolConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+
+
+def load_pool_config(path: str | Path) -> PoolConfig:
+    """Read and validate a pool config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    return parse_pool_config(data, str(path))
+
+
+def with_pool_overrides(config: PoolConfig, overrides: dict[str, Any]) -> PoolConfig:
+    """Apply dotted overrides (e.g. {"pool.top_k": 4}); None values are ignored."""
+    data = config.model_dump(mode="python")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return parse_pool_config(data, "command-line flags")

@@ -1,0 +1,226 @@
+"""The pool's lineage ledger: one SQLite file, `llm_evo_pool.sqlite`, in the storage path.
+
+Kept apart from the run ledger (`llm_evo.sqlite`) because a pool run has no genome or
+strategy: its record is a family tree. Every model (input or merge), its parents, the
+kinship of those parents, its score and whether it was deleted is one row of
+`pool_models`; each round's top-k is a row of `pool_rounds`; every kinship measured is a
+row of `pool_kinship`. Each write is its own transaction, as in `storage.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FILENAME = "llm_evo_pool.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pool_runs (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    config_json TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    versions_json TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'running',
+    stop_reason TEXT,
+    finished REAL
+);
+CREATE TABLE IF NOT EXISTS pool_models (
+    run_id INTEGER NOT NULL REFERENCES pool_runs(id),
+    name TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    path TEXT NOT NULL,
+    parent_a TEXT,
+    parent_b TEXT,
+    parent_kinship REAL,
+    exploration INTEGER NOT NULL DEFAULT 0,
+    merge_config TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    score REAL,
+    results_json TEXT,
+    error TEXT,
+    eval_order INTEGER,
+    t_merge REAL,
+    t_eval REAL,
+    deleted_round INTEGER,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS pool_rounds (
+    run_id INTEGER NOT NULL REFERENCES pool_runs(id),
+    round INTEGER NOT NULL,
+    top_k_json TEXT NOT NULL,
+    best TEXT,
+    best_score REAL,
+    top_k_kinship REAL,
+    evaluations INTEGER NOT NULL,
+    changed INTEGER NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS pool_kinship (
+    run_id INTEGER NOT NULL REFERENCES pool_runs(id),
+    model_a TEXT NOT NULL,
+    model_b TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, model_a, model_b, metric)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One pool member as stored: an input model (round 0) or a pairwise merge."""
+
+    name: str
+    round: int
+    origin: str  # "input" or "merge"
+    path: str
+    parent_a: str | None = None
+    parent_b: str | None = None
+    parent_kinship: float | None = None
+    exploration: bool = False
+    merge_config: str | None = None
+    status: str = "pending"  # pending, ok, failed
+    score: float | None = None
+    results: dict[str, Any] | None = None
+    error: str | None = None
+    eval_order: int | None = None
+    t_merge: float | None = None
+    t_eval: float | None = None
+    deleted_round: int | None = None
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    top_k: list[str]
+    best: str | None
+    best_score: float | None
+    top_k_kinship: float | None
+    evaluations: int
+    changed: bool
+
+
+_MODEL_COLS = ("name", "round", "origin", "path", "parent_a", "parent_b", "parent_kinship",
+               "exploration", "merge_config", "status", "score", "results_json", "error",
+               "eval_order", "t_merge", "t_eval", "deleted_round")
+
+
+class PoolLedger:
+    """Pool runs, their models (the lineage), rounds and kinship values."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / FILENAME
+        self.conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(SCHEMA)
+
+    @classmethod
+    def exists_in(cls, root: str | Path) -> bool:
+        return (Path(root) / FILENAME).is_file()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _tx(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        with self.conn:
+            self.conn.execute("BEGIN")
+            return self.conn.execute(sql, params)
+
+    # ---- runs ------------------------------------------------------------------------------
+    def create_run(self, config_json: str, config_hash: str, versions: dict[str, str]) -> int:
+        cur = self._tx("INSERT INTO pool_runs (created, config_json, config_hash, versions_json) "
+                       "VALUES (?, ?, ?, ?)",
+                       (time.time(), config_json, config_hash, json.dumps(versions)))
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, stop_reason: str | None) -> None:
+        self._tx("UPDATE pool_runs SET status = ?, stop_reason = ?, finished = ? WHERE id = ?",
+                 (status, stop_reason, time.time(), run_id))
+
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT id, created, config_json, config_hash, status, "
+                                 "stop_reason, finished FROM pool_runs ORDER BY id").fetchall()
+        keys = ("id", "created", "config_json", "config_hash", "status", "stop_reason",
+                "finished")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def run(self, run_id: int | None = None) -> dict[str, Any] | None:
+        runs = self.runs()
+        if run_id is None:
+            return runs[-1] if runs else None
+        return next((r for r in runs if r["id"] == run_id), None)
+
+    # ---- models ----------------------------------------------------------------------------
+    def add_model(self, run_id: int, rec: ModelRecord) -> None:
+        values = (rec.name, rec.round, rec.origin, rec.path, rec.parent_a, rec.parent_b,
+                  rec.parent_kinship, int(rec.exploration), rec.merge_config, rec.status,
+                  rec.score, json.dumps(rec.results) if rec.results is not None else None,
+                  rec.error, rec.eval_order, rec.t_merge, rec.t_eval, rec.deleted_round)
+        cols = ", ".join(("run_id", *_MODEL_COLS, "created"))
+        marks = ", ".join("?" * (len(_MODEL_COLS) + 2))
+        self._tx(f"INSERT OR REPLACE INTO pool_models ({cols}) VALUES ({marks})",
+                 (run_id, *values, time.time()))
+
+    def set_result(self, run_id: int, name: str, *, status: str, score: float | None,
+                   results: dict[str, Any] | None, error: str | None, eval_order: int,
+                   t_eval: float | None) -> None:
+        self._tx("UPDATE pool_models SET status = ?, score = ?, results_json = ?, error = ?, "
+                 "eval_order = ?, t_eval = ? WHERE run_id = ? AND name = ?",
+                 (status, score, json.dumps(results) if results is not None else None, error,
+                  eval_order, t_eval, run_id, name))
+
+    def mark_deleted(self, run_id: int, name: str, round_: int) -> None:
+        self._tx("UPDATE pool_models SET deleted_round = ? WHERE run_id = ? AND name = ?",
+                 (round_, run_id, name))
+
+    def models(self, run_id: int) -> list[ModelRecord]:
+        rows = self.conn.execute(
+            f"SELECT {', '.join(_MODEL_COLS)} FROM pool_models WHERE run_id = ? "
+            "ORDER BY round, created, name", (run_id,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(_MODEL_COLS, r, strict=True))
+            d["exploration"] = bool(d["exploration"])
+            raw = d.pop("results_json")
+            d["results"] = json.loads(raw) if raw else None
+            out.append(ModelRecord(**d))
+        return out
+
+    # ---- rounds and kinship ----------------------------------------------------------------
+    def add_round(self, run_id: int, rec: RoundRecord) -> None:
+        self._tx("INSERT OR REPLACE INTO pool_rounds (run_id, round, top_k_json, best, "
+                 "best_score, top_k_kinship, evaluations, changed, created) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (run_id, rec.round, json.dumps(rec.top_k), rec.best, rec.best_score,
+                  rec.top_k_kinship, rec.evaluations, int(rec.changed), time.time()))
+
+    def rounds(self, run_id: int) -> list[RoundRecord]:
+        rows = self.conn.execute(
+            "SELECT round, top_k_json, best, best_score, top_k_kinship, evaluations, changed "
+            "FROM pool_rounds WHERE run_id = ? ORDER BY round", (run_id,)).fetchall()
+        return [RoundRecord(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], bool(r[6]))
+                for r in rows]
+
+    def add_kinship(self, run_id: int, values: list[tuple[str, str, str, float | None]]) -> None:
+        if not values:
+            return
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO pool_kinship (run_id, model_a, model_b, metric, value) "
+                "VALUES (?, ?, ?, ?, ?)", [(run_id, *v) for v in values])
+
+    def kinship(self, run_id: int) -> dict[tuple[str, str], float | None]:
+        rows = self.conn.execute("SELECT model_a, model_b, value FROM pool_kinship "
+                                 "WHERE run_id = ?", (run_id,)).fetchall()
+        return {(a, b): v for a, b, v in rows}

@@ -1,0 +1,408 @@
+"""The greedy pool loop: merge on disk, score on Ray workers, keep the top-k, record lineage.
+
+Ray and lm-eval start once per run (one `WorkerPool`); each round's new models are merged
+by mergekit on the driver into `STORAGE/pool_models/run<N>/`, then scored in parallel as
+`model_path` jobs. A merged model that is not in the top-k after its round is deleted at
+once (the user's input models are never touched), so the storage path holds at most the
+top-k plus one round's merges.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llm_evo.errors import ConfigError
+from llm_evo.evaluation.jobs import Job, JobResult, TaskSpec, WorkerSpec
+from llm_evo.genome import dump_yaml, model_label, resolve_path
+from llm_evo.pool import algorithm as algo
+from llm_evo.pool.config import PoolConfig
+from llm_evo.pool.lineage import ModelRecord, PoolLedger, RoundRecord
+from llm_evo.pool.merging import pair_merge_config, run_pair_merge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """Run-time choices that are not part of the pool definition (CLI flags)."""
+
+    storage_path: str
+    ray_address: str | None = None
+    num_workers: int | None = None
+    num_gpus: int | None = None
+    task_search_paths: tuple[str, ...] = ()
+    config_dir: str | None = None
+    trust_remote_code: bool = False
+    allow_crimes: bool = False
+    quiet: bool = False
+    force_new_run: bool = False
+
+
+@dataclass
+class PoolSummary:
+    run_id: int
+    stop_reason: str
+    rounds: int
+    evaluations: int
+    failed: int
+    best: ModelRecord | None
+    top_k: list[ModelRecord]
+    top_k_kinship: float | None
+    elapsed: float
+    inputs: list[ModelRecord] = field(default_factory=list)
+
+
+class KinshipCache:
+    """Pair kinship against the base, each pair measured once and stored in the ledger.
+
+    Missing pairs are filled with one streaming `kinship_matrix` pass over every model
+    involved, which reads each checkpoint once however many pairs it is in.
+    """
+
+    def __init__(self, base: str, metric: str, ledger: PoolLedger, run_id: int):
+        self.base = base
+        self.metric = metric
+        self.ledger = ledger
+        self.run_id = run_id
+        self.values: dict[tuple[str, str], float] = {}
+        self.paths: dict[str, str] = {}
+
+    def ensure(self, pairs: list[tuple[str, str]]) -> None:
+        missing = [p for p in pairs if algo.pair_key(*p) not in self.values and p[0] != p[1]]
+        if not missing:
+            return
+        from llm_evo.kinship import kinship_matrix
+
+        names = sorted({n for p in missing for n in p})
+        matrix = kinship_matrix([self.paths[n] for n in names], self.base, labels=names)
+        values = matrix.metric(self.metric)
+        rows = []
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                b = names[j]
+                v = float(values[i, j])
+                self.values[algo.pair_key(a, b)] = v
+                rows.append((*algo.pair_key(a, b), self.metric, None if math.isnan(v) else v))
+        self.ledger.add_kinship(self.run_id, rows)
+
+    def __call__(self, a: str, b: str) -> float:
+        self.ensure([(a, b)])
+        return self.values[algo.pair_key(a, b)]
+
+
+class PoolRunner:
+    """Runs one pool search (see `llm_evo.pool.algorithm` for the decisions it makes)."""
+
+    def __init__(self, config: PoolConfig, options: PoolOptions,
+                 echo: Callable[[str], None] = print):
+        self.config = config
+        self.section = config.pool
+        self.options = options
+        self.echo = echo
+        self.root = Path(options.storage_path)
+        self.config_dir = Path(options.config_dir) if options.config_dir else None
+        self.base = resolve_path(self.section.base_model, self.config_dir)
+        self.inputs = [resolve_path(m, self.config_dir) for m in self.section.models]
+        self.check_models()
+        self.records: dict[str, ModelRecord] = {}
+        self.members: dict[str, algo.Member] = {}  # scored, status ok
+        self.merged: set[tuple[str, str]] = set()
+        self.evaluations = 0
+        self.failed = 0
+        self.top: list[str] = []
+        self.created: dict[str, int] = {}  # name -> creation order (inputs, then plan order)
+        self.input_names: list[str] = []
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def check_models(self) -> None:
+        """Every model is a local folder of one architecture and layer count (fail early)."""
+        from llm_evo.resolve import read_model_config
+
+        facts = [read_model_config(self.base, "pool.base_model", self.options.trust_remote_code)]
+        for i, m in enumerate(self.inputs):
+            if not Path(m).is_dir():
+                raise ConfigError(f"pool.models[{i}]: {m} is not a model directory (pool "
+                                  "members are merged and measured from local folders)")
+            facts.append(read_model_config(m, f"pool.models[{i}]",
+                                           self.options.trust_remote_code))
+        if not Path(self.base).is_dir():
+            raise ConfigError(f"pool.base_model: {self.base} is not a model directory")
+        first = facts[0]
+        for i, f in enumerate(facts[1:]):
+            if (f.architecture, f.num_layers) != (first.architecture, first.num_layers):
+                raise ConfigError(
+                    f"pool.models[{i}]: {f.architecture} with {f.num_layers} layers, but the "
+                    f"base is {first.architecture} with {first.num_layers}")
+
+    def _worker_spec(self) -> WorkerSpec:
+        cfg = self.config
+        ev = cfg.evaluation
+        paths = []  # the run config's rules (resolve.task_search_paths), for a pool config
+        for p in [*ev.task_search_path, *self.options.task_search_paths]:
+            resolved = resolve_path(p, self.config_dir)
+            if not Path(resolved).is_dir():
+                raise ConfigError(f"task search path {p} is not a directory")
+            paths.append(resolved)
+        return WorkerSpec(
+            tasks=tuple(TaskSpec(t.name, t.weight, t.metric) for t in cfg.tasks),
+            task_search_paths=tuple(paths),
+            merge_dir=str((self.root / "merges").resolve()),
+            device=ev.device,
+            dtype=ev.dtype,
+            batch_size=ev.batch_size,
+            limit=cfg.limit,
+            num_fewshot=cfg.num_fewshot,
+            shuffle=cfg.shuffle,
+            seed=self.section.seed,
+            apply_chat_template=cfg.chat_template,
+            fewshot_as_multiturn=cfg.fewshot_as_multiturn,
+            model_args=dict(ev.model_args),
+            trust_remote_code=self.options.trust_remote_code,
+            allow_crimes=self.options.allow_crimes,
+            backend=ev.backend,
+            torch_threads=ev.torch_threads,
+        )
+
+    def _open_run(self, ledger: PoolLedger) -> int:
+        from llm_evo.controller import library_versions
+
+        previous = ledger.run()
+        if previous is not None and not self.options.force_new_run:
+            raise ConfigError(
+                f"{self.root} already holds pool run {previous['id']} "
+                f"({previous['status']}); use a new --storage-path or pass --force-new-run")
+        return ledger.create_run(self.config.canonical_json(), self.config.config_hash(),
+                                 library_versions())
+
+    # ---- the run ---------------------------------------------------------------------------
+    def run(self) -> PoolSummary:
+        from llm_evo.evaluation.pool import PoolOptions as RayPoolOptions
+        from llm_evo.evaluation.pool import WorkerPool
+
+        started = time.perf_counter()
+        spec = self._worker_spec()
+        self.ledger = ledger = PoolLedger(self.root)
+        self.run_id = self._open_run(ledger)
+        self.models_dir = (self.root / "pool_models" / f"run{self.run_id}").resolve()
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.kin = KinshipCache(self.base, self.section.kinship_metric, ledger, self.run_id)
+        pool = WorkerPool(spec, RayPoolOptions(ray_address=self.options.ray_address,
+                                               num_workers=self.options.num_workers,
+                                               num_gpus=self.options.num_gpus))
+        status, reason, last_round = "failed", "error", 0
+        try:
+            pool.start()
+            infos = pool.worker_info
+            self.echo(f"workers: {len(infos)} on "
+                      f"{', '.join(sorted({i['device'] for i in infos}))}; pool of "
+                      f"{len(self.inputs)} input models, top-k {self.section.top_k}, "
+                      f"exploration {'on' if self.section.exploration else 'off'}")
+            reason, last_round = self._loop(pool)
+            status = "finished"
+        except KeyboardInterrupt:
+            status, reason = "interrupted", "interrupted"
+            raise
+        finally:
+            ledger.finish_run(self.run_id, status, reason)
+            pool.shutdown()
+            shutil.rmtree(self.root / "merges", ignore_errors=True)
+        top = [self.records[n] for n in self.top]
+        return PoolSummary(
+            run_id=self.run_id, stop_reason=reason, rounds=last_round,
+            evaluations=self.evaluations, failed=self.failed,
+            best=top[0] if top else None, top_k=top,
+            top_k_kinship=self._top_kinship(), elapsed=time.perf_counter() - started,
+            inputs=[self.records[n] for n in self.input_names],
+        )
+
+    def _loop(self, pool) -> tuple[str, int]:
+        s = self.section
+        # Round 0: the inputs themselves, so a merge must beat them to enter the top-k.
+        labels = _unique_labels(self.inputs)
+        self.input_names = labels
+        for name, path in zip(labels, self.inputs, strict=True):
+            self.kin.paths[name] = path
+            self._add(ModelRecord(name=name, round=0, origin="input", path=path))
+        self._evaluate(pool, 0, labels)
+        # Generation 1: every pair of the inputs.
+        ranked = [m.name for m in algo.rank(self.members[n] for n in labels if n in self.members)]
+        self.top = ranked[: s.top_k]
+        plan = algo.all_pairs(ranked)
+        self._run_round(pool, 1, plan)
+        reason = self._stop_now(1)
+        if reason is not None:
+            return reason, 1
+        for rnd in range(2, s.max_rounds + 1):
+            if self._budget_left() <= 0:
+                return "max_evaluations", rnd - 1
+            retained = [n for n in self.input_names if n in self.members and n not in self.top]
+            if s.exploration:
+                self.kin.ensure([(self.top[0], c)
+                                 for c in algo.exploration_candidates(self.top, retained)])
+            plan = algo.plan_round(self.top, retained, self.merged, self.kin,
+                                   s.kinship_metric, s.exploration)
+            if not plan:
+                return "no_new_pairs", rnd - 1
+            before = list(self.top)
+            self._run_round(pool, rnd, plan)
+            if set(self.top) == set(before):
+                return "converged", rnd
+            reason = self._stop_now(rnd)
+            if reason is not None:
+                return reason, rnd
+        return "max_rounds", s.max_rounds
+
+    def _stop_now(self, rnd: int) -> str | None:
+        if self._budget_left() <= 0:
+            return "max_evaluations"
+        if algo.kinship_passed(self._top_kinship(), self.section.kinship_stop,
+                               self.section.kinship_metric):
+            return "kinship_stop"
+        if rnd >= self.section.max_rounds:
+            return "max_rounds"
+        return None
+
+    def _budget_left(self) -> float:
+        cap = self.section.max_evaluations
+        return math.inf if cap is None else cap - self.evaluations
+
+    def _top_kinship(self) -> float | None:
+        if len(self.top) < 2:
+            return None
+        value = algo.mean_kinship(self.top, self.kin)
+        return None if math.isnan(value) else value
+
+    # ---- one round -------------------------------------------------------------------------
+    def _run_round(self, pool, rnd: int, plan: list[algo.PlannedMerge]) -> None:
+        """Merge the plan (cut to the budget), score it, update the top-k, delete leavers."""
+        left = self._budget_left()
+        if left < len(plan):
+            plan = plan[: int(left)]
+        self.kin.ensure([(p.a, p.b) for p in plan])
+        names = []
+        for i, p in enumerate(plan):
+            name = f"g{rnd}-{i:02d}" + ("x" if p.exploration else "")
+            names.append(name)
+            self._merge(rnd, name, p)
+        self._evaluate(pool, rnd, [n for n in names if self.records[n].status == "pending"])
+        before = list(self.top)
+        contenders = [self.members[n] for n in dict.fromkeys([*self.top, *names])
+                      if n in self.members]
+        self.top = algo.select_top_k(contenders, self.section.top_k)
+        for name in dict.fromkeys([*before, *names]):
+            if name not in self.top:
+                self._delete(name, rnd)
+        best = self.members[self.top[0]] if self.top else None
+        kin = self._top_kinship()
+        self.ledger.add_round(self.run_id, RoundRecord(
+            round=rnd, top_k=list(self.top), best=best.name if best else None,
+            best_score=best.score if best else None, top_k_kinship=kin,
+            evaluations=self.evaluations, changed=set(self.top) != set(before)))
+        kin_text = f", top-k {self.section.kinship_metric} {kin:.3f}" if kin is not None else ""
+        self.echo(f"round {rnd}: {len(names)} merge(s), best {best.name} "
+                  f"{best.score:.4f}{kin_text}; top-k {', '.join(self.top)} "
+                  f"({self.evaluations} evaluations)" if best else f"round {rnd}: no model")
+
+    def _merge(self, rnd: int, name: str, p: algo.PlannedMerge) -> None:
+        self.merged.add(algo.pair_key(p.a, p.b))
+        out = self.models_dir / name
+        cfg = pair_merge_config(self.section, self.kin.paths[p.a], self.kin.paths[p.b],
+                                self.base)
+        kin = self.kin(p.a, p.b)
+        rec = ModelRecord(name=name, round=rnd, origin="merge", path=str(out), parent_a=p.a,
+                          parent_b=p.b, parent_kinship=None if math.isnan(kin) else kin,
+                          exploration=p.exploration, merge_config=dump_yaml(cfg))
+        try:
+            t_merge = run_pair_merge(cfg, out, trust_remote_code=self.options.trust_remote_code,
+                                     allow_crimes=self.options.allow_crimes)
+        except Exception as exc:  # noqa: BLE001 - a failed merge is recorded, the run goes on
+            self.failed += 1
+            self._add(ModelRecord(**{**rec.__dict__, "status": "failed",
+                                     "error": f"merge failed: {type(exc).__name__}: {exc}"[:2000]}))
+            return
+        self.kin.paths[name] = str(out)
+        self._add(ModelRecord(**{**rec.__dict__, "t_merge": t_merge}))
+
+    def _evaluate(self, pool, rnd: int, names: list[str]) -> None:
+        from llm_evo.progress import GenerationProgress
+
+        if not names:
+            return
+        jobs = {i: Job(rnd, i, model_path=self.records[n].path, kind="pool", label=n)
+                for i, n in enumerate(names)}
+        best = max((m.score for m in self.members.values()), default=None)
+        progress = GenerationProgress("inputs" if rnd == 0 else f"round {rnd}", len(jobs),
+                                      best=best, quiet=self.options.quiet)
+
+        def on_result(res: JobResult) -> None:
+            name = names[res.idx]
+            self.evaluations += 1
+            ok = res.status == "ok" and res.score is not None
+            self.ledger.set_result(self.run_id, name, status="ok" if ok else "failed",
+                                   score=res.score, results=res.results, error=res.error,
+                                   eval_order=self.evaluations, t_eval=res.t_eval)
+            self.records[name] = ModelRecord(**{
+                **self.records[name].__dict__, "status": "ok" if ok else "failed",
+                "score": res.score, "results": res.results, "error": res.error,
+                "eval_order": self.evaluations, "t_eval": res.t_eval})
+            if ok:  # ties go to the model created first, never to whichever finished first
+                self.members[name] = algo.Member(name, float(res.score), self.created[name])
+            else:
+                self.failed += 1
+            progress.update(res.score if ok else None)
+
+        pool.run(list(jobs.values()), on_result)
+        progress.close()
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+    def _add(self, rec: ModelRecord) -> None:
+        self.created.setdefault(rec.name, len(self.created))
+        self.records[rec.name] = rec
+        self.ledger.add_model(self.run_id, rec)
+
+    def _delete(self, name: str, rnd: int) -> None:
+        """Delete a merged model that left (or never entered) the top-k; never an input."""
+        rec = self.records[name]
+        if rec.origin != "merge" or rec.deleted_round is not None:
+            return
+        path = Path(rec.path).resolve()
+        if path.parent != self.models_dir:  # only ever our own merges
+            return
+        shutil.rmtree(path, ignore_errors=True)
+        self.members.pop(name, None)
+        self.records[name] = ModelRecord(**{**rec.__dict__, "deleted_round": rnd})
+        self.ledger.mark_deleted(self.run_id, name, rnd)
+
+
+def _unique_labels(paths: list[str]) -> list[str]:
+    labels = [model_label(p) for p in paths]
+    if len(set(labels)) == len(labels):
+        return labels
+    return [f"{label}-{i}" for i, label in enumerate(labels)]
+
+
+def describe(summary: PoolSummary, metric: str) -> str:
+    """The end-of-run text on stdout."""
+    lines = [f"pool run {summary.run_id}: stopped ({summary.stop_reason}) after round "
+             f"{summary.rounds}, {summary.evaluations} evaluations ({summary.failed} failed), "
+             f"{summary.elapsed:.0f} s"]
+    for rec in summary.inputs:
+        score = f"{rec.score:.4f}" if rec.score is not None else "failed"
+        lines.append(f"  input {rec.name:<24} {score}")
+    for i, rec in enumerate(summary.top_k):
+        tag = "best" if i == 0 else f"top {i + 1}"
+        parents = f" = {rec.parent_a} x {rec.parent_b}" if rec.parent_a else ""
+        lines.append(f"  {tag:<6}{rec.name:<24} {rec.score:.4f}{parents}  {rec.path}")
+    if summary.top_k_kinship is not None:
+        lines.append(f"  top-k mean {metric}: {summary.top_k_kinship:.4f}")
+    if summary.best is not None and summary.best.results:
+        per_task = ", ".join(f"{k} {v:.4f}" for k, v in summary.best.results.items()
+                             if isinstance(v, (int, float)))
+        lines.append(f"  best per task: {per_task}")
+    return "\n".join(lines)
