@@ -27,6 +27,9 @@ def validate(config_path: str, task_search_path: tuple[str, ...], trust_remote_c
         task_search_paths,
     )
 
+    if _is_pool_config(config_path):
+        _validate_pool(config_path, task_search_path, skip_tasks)
+        return
     config, config_dir = load_with_overrides(config_path, {})
     for warning in check_benchmarks(config, allow_benchmarks):
         click.echo(f"warning: {warning}", err=True)
@@ -39,5 +42,47 @@ def validate(config_path: str, task_search_path: tuple[str, ...], trust_remote_c
     click.echo("axes:")
     for axis in genome.space.axes:
         click.echo(f"  [{axis.index:3d}] {axis.label}  in [{axis.low:g}, {axis.high:g}]")
+    tasks = ", ".join(f"{t.name} ({t.metric} x {t.weight:g})" for t in config.tasks)
+    click.echo(f"tasks: {tasks}")
+
+
+def _is_pool_config(path: str) -> bool:
+    """A pool config has `pool:` where a run config has `genome:` (see `llm-evo pool`)."""
+    from pathlib import Path
+
+    import yaml
+
+    from llm_evo.pool.config import is_pool_config
+
+    try:
+        return is_pool_config(yaml.safe_load(Path(path).read_text()))
+    except (OSError, yaml.YAMLError):
+        return False  # the run config loader reports it, with the line
+
+
+def _validate_pool(config_path: str, task_search_path: tuple[str, ...], skip_tasks: bool) -> None:
+    from pathlib import Path
+
+    from llm_evo.errors import ConfigError
+    from llm_evo.genome import resolve_path
+    from llm_evo.pool.config import load_pool_config
+    from llm_evo.resolve import check_tasks, make_task_manager
+
+    config = load_pool_config(config_path)
+    config_dir = Path(config_path).resolve().parent
+    section = config.pool
+    for field, ref in [("pool.base_model", section.base_model),
+                       *((f"pool.models[{i}]", m) for i, m in enumerate(section.models))]:
+        path = Path(resolve_path(ref, config_dir))
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{config_path}: {field}: model folder not found: {ref}")
+    if not skip_tasks:
+        paths = [str(Path(resolve_path(p, config_dir)))
+                 for p in [*config.evaluation.task_search_path, *task_search_path]]
+        check_tasks(config, make_task_manager(paths, [t.name for t in config.tasks]))
+    click.echo(f"{config_path}: OK (pool config)")
+    click.echo(f"models: {len(section.models)}, top_k {section.top_k}, "
+               f"{section.merge_method} t={section.t:g}, exploration "
+               f"{'on' if section.exploration else 'off'}, kinship {section.kinship_metric}")
     tasks = ", ".join(f"{t.name} ({t.metric} x {t.weight:g})" for t in config.tasks)
     click.echo(f"tasks: {tasks}")
