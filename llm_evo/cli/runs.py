@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
@@ -18,7 +19,13 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
               help="Print the runs as a JSON list instead of a table.")
 def runs(storage_path: str, as_json: bool) -> None:
     """List the runs stored under STORAGE_PATH (id, created, status, evaluations, best)."""
+    from llm_evo.pool.lineage import PoolLedger
     from llm_evo.report import open_storage
+
+    root = Path(storage_path)
+    if PoolLedger.exists_in(root) and not (root / "llm_evo.sqlite").is_file():
+        _pool_runs(storage_path, as_json)
+        return
 
     storage = open_storage(storage_path)
     try:
@@ -45,3 +52,31 @@ def runs(storage_path: str, as_json: bool) -> None:
         last_gen = str(last + 1) if last is not None and last >= 0 else "-"
         click.echo(f"{r['id']:>4}  {created:<19}  {r['status']:<11}  {r['evaluations']:>5}  "
                    f"{_fmt(r['best_score']):>8}  {last_gen}")
+
+
+def _pool_runs(storage_path: str, as_json: bool) -> None:
+    """The same listing for an `llm-evo pool` ledger (rounds instead of generations)."""
+    from llm_evo.pool.lineage import PoolLedger
+
+    ledger = PoolLedger(storage_path)
+    try:
+        rows = []
+        for run in ledger.runs():
+            models = ledger.models(run["id"])
+            scored = [m for m in models if m.status in ("ok", "failed")]
+            scores = [m.score for m in models if m.status == "ok" and m.score is not None]
+            rows.append({"id": run["id"], "created": run["created"], "status": run["status"],
+                         "stop_reason": run["stop_reason"], "evaluations": len(scored),
+                         "best_score": max(scores) if scores else None,
+                         "rounds": max((m.round for m in models), default=0)})
+    finally:
+        ledger.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'id':>4}  {'created':<19}  {'status':<11}  {'evals':>5}  {'best':>8}  "
+               "rounds  stopped")
+    for r in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))
+        click.echo(f"{r['id']:>4}  {created:<19}  {r['status']:<11}  {r['evaluations']:>5}  "
+                   f"{_fmt(r['best_score']):>8}  {r['rounds']:>6}  {r['stop_reason'] or '-'}")

@@ -74,6 +74,13 @@ def test_pool_runs_to_convergence_records_lineage_and_draws_the_tree(tmp_path, p
     summary = (storage / "report" / "summary.md").read_text()
     assert "## Lineage" in summary and top[0] in summary
 
+    listed = cli("llm-evo", "runs", str(storage), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (run,) = json.loads(listed.stdout)
+    assert run["status"] == "finished" and run["stop_reason"] == reason
+    assert run["evaluations"] == sum(r[8] == "ok" for r in rows)
+    assert run["best_score"] == max(r[9] for r in rows if r[8] == "ok")
+
 
 @pytest.mark.slow
 def test_without_exploration_and_with_a_budget(tmp_path, pool_models):
