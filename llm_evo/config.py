@@ -297,27 +297,28 @@ def parse_config(data: Any, source: str = "<config>") -> RunConfig:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config file."""
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a missing file or bad YAML is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise ConfigError(f"{path}:{where}: {problem}") from None
-    return parse_config(data, str(path))
 
 
-def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Apply dotted-path overrides (e.g. {"search.seed": 3}); None values are ignored.
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    return parse_config(read_yaml(path), str(path))
 
-    Re-validates the merged result, so a bad flag value fails like a bad config value.
-    """
-    data = config.model_dump(mode="python")
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted paths (e.g. {"search.seed": 3}) in a config mapping; None values are
+    ignored (a flag that was not given)."""
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -326,4 +327,13 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         for key in parents:
             node = node[key]
         node[leaf] = value
+    return data
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply dotted-path overrides (e.g. {"search.seed": 3}); None values are ignored.
+
+    Re-validates the merged result, so a bad flag value fails like a bad config value.
+    """
+    data = apply_overrides(config.model_dump(mode="python"), overrides)
     return parse_config(data, "command-line flags")

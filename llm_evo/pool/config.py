@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llm_evo.config import EvaluationConfig, TaskConfig
+from llm_evo.config import EvaluationConfig, TaskConfig, apply_overrides, read_yaml
 from llm_evo.errors import ConfigError
 
 PoolMethod = Literal["slerp", "linear", "task_arithmetic"]
@@ -142,28 +141,10 @@ def parse_pool_config(data: Any, source: str = "<pool config>") -> PoolConfig:
 
 def load_pool_config(path: str | Path) -> PoolConfig:
     """Read and validate a pool config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ConfigError(f"{path}:{where}: {problem}") from None
-    return parse_pool_config(data, str(path))
+    return parse_pool_config(read_yaml(path), str(path))
 
 
 def with_pool_overrides(config: PoolConfig, overrides: dict[str, Any]) -> PoolConfig:
     """Apply dotted overrides (e.g. {"pool.top_k": 4}); None values are ignored."""
-    data = config.model_dump(mode="python")
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+    data = apply_overrides(config.model_dump(mode="python"), overrides)
     return parse_pool_config(data, "command-line flags")
