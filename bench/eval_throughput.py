@@ -15,7 +15,7 @@ workers). Worker start-up and the parents' evaluation (which a run does first, a
 loads the resident model) are timed apart and not counted per candidate. All paths must
 give the same scores; the script checks it. Run from the repo root:
 
-    LLM_EVO_TINY_FAMILY=/tmp/tiny1 python bench/eval_throughput.py [--candidates 16]
+    python bench/eval_throughput.py [--candidates 16]   # models/tiny or $LLM_EVO_TINY_FAMILY
         [--limit 100] [--repeat 3] [--threads 1] [--skip-hand] [--markdown] [--json F]
 """
 
