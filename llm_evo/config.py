@@ -199,30 +199,17 @@ class WandbConfig(_Frozen):
     mode: Literal["online", "offline", "disabled"] | None = None
 
 
-class RunConfig(_Frozen):
-    """A whole run: mergekit-evolve's schema plus llm-evo's optional sections."""
+class ScoringConfig(_Frozen):
+    """What a merged model is scored on and how: shared by run and pool configs, so both
+    read `tasks:`, `limit`, `evaluation:` and the rest the same way."""
 
-    genome: GenomeConfig
     tasks: list[TaskConfig] = Field(min_length=1)
     limit: int | None = Field(default=None, ge=1)
     num_fewshot: int | None = Field(default=None, ge=0)
     shuffle: bool = False
-    random_init: bool = False
     apply_chat_template: bool = True
     fewshot_as_multiturn: bool = True
-    search: SearchConfig = Field(default_factory=SearchConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    llm: LLMConfig = Field(default_factory=LLMConfig)
-    kinship: KinshipConfig = Field(default_factory=KinshipConfig)
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
-
-    @model_validator(mode="after")
-    def _one_start(self) -> RunConfig:
-        if self.random_init and self.search.init == "data":
-            raise ValueError("random_init and search.init: data both choose the start point")
-        if self.search.init == "data" and self.genome.merge_method == "slerp":
-            raise ValueError("search.init: data sets merge weights; slerp has none")
-        return self
 
     @field_validator("tasks")
     @classmethod
@@ -238,6 +225,25 @@ class RunConfig(_Frozen):
         if self.evaluation.apply_chat_template is not None:
             return self.evaluation.apply_chat_template
         return self.apply_chat_template
+
+
+class RunConfig(ScoringConfig):
+    """A whole run: mergekit-evolve's schema plus llm-evo's optional sections."""
+
+    genome: GenomeConfig
+    random_init: bool = False
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    kinship: KinshipConfig = Field(default_factory=KinshipConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @model_validator(mode="after")
+    def _one_start(self) -> RunConfig:
+        if self.random_init and self.search.init == "data":
+            raise ValueError("random_init and search.init: data both choose the start point")
+        if self.search.init == "data" and self.genome.merge_method == "slerp":
+            raise ValueError("search.init: data sets merge weights; slerp has none")
+        return self
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from llm_evo.config import EvaluationConfig, TaskConfig, apply_overrides, read_yaml
+from llm_evo.config import ScoringConfig, apply_overrides, read_yaml
 from llm_evo.errors import ConfigError
 
 PoolMethod = Literal["slerp", "linear", "task_arithmetic"]
@@ -69,26 +69,10 @@ class PoolSection(_Frozen):
         return self.weights if self.weights is not None else (1.0 - self.t, self.t)
 
 
-class PoolConfig(_Frozen):
-    """A whole pool run."""
+class PoolConfig(ScoringConfig):
+    """A whole pool run: the pool, and the run config's scoring sections."""
 
     pool: PoolSection
-    tasks: list[TaskConfig] = Field(min_length=1)
-    limit: int | None = Field(default=None, ge=1)
-    num_fewshot: int | None = Field(default=None, ge=0)
-    shuffle: bool = False
-    apply_chat_template: bool = True
-    fewshot_as_multiturn: bool = True
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-
-    @field_validator("tasks")
-    @classmethod
-    def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
-        names = [t.name for t in tasks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"tasks: {', '.join(dupes)} listed twice")
-        return tasks
 
     @model_validator(mode="after")
     def _disk_only(self) -> PoolConfig:
@@ -97,12 +81,6 @@ class PoolConfig(_Frozen):
         if self.evaluation.in_memory:
             raise ValueError("evaluation.in_memory is not supported by llm-evo pool")
         return self
-
-    @property
-    def chat_template(self) -> bool:
-        if self.evaluation.apply_chat_template is not None:
-            return self.evaluation.apply_chat_template
-        return self.apply_chat_template
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
