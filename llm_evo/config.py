@@ -284,13 +284,14 @@ def resume_diff(stored_json: str, config: RunConfig) -> list[str]:
     return config_diff(stored.identity(), config.identity())
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, what: str = "config") -> str:
+    """One line for a pydantic error: where, what is wrong, and how many more there are."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     where = f" at {loc}" if loc else ""
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{source}: invalid config{where}: {msg}{more}"
+    return f"{source}: invalid {what}{where}: {msg}{more}"
 
 
 def parse_config(data: Any, source: str = "<config>") -> RunConfig:
@@ -300,7 +301,7 @@ def parse_config(data: Any, source: str = "<config>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from llm_evo.config import ScoringConfig, apply_overrides, read_yaml
+from llm_evo.config import ScoringConfig, apply_overrides, format_validation_error, read_yaml
 from llm_evo.errors import ConfigError
 
 PoolMethod = Literal["slerp", "linear", "task_arithmetic"]
@@ -89,15 +89,6 @@ class PoolConfig(ScoringConfig):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
 
-def _format(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    where = f" at {loc}" if loc else ""
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{source}: invalid pool config{where}: {msg}{more}"
-
-
 def is_pool_config(data: Any) -> bool:
     """Whether a loaded YAML mapping is a pool config (it has `pool:`, not `genome:`)."""
     return isinstance(data, dict) and "pool" in data and "genome" not in data
@@ -114,7 +105,7 @@ def parse_pool_config(data: Any, source: str = "<pool config>") -> PoolConfig:
     try:
         return PoolConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, "pool config")) from None
 
 
 def load_pool_config(path: str | Path) -> PoolConfig:

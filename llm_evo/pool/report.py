@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llm_evo.errors import ConfigError
 from llm_evo.pool.lineage import FILENAME, ModelRecord, PoolLedger, RoundRecord
+from llm_evo.report import Report
 
 PLOTS = {
     "family_tree": "Family tree (lineage, scores, parent kinship)",
@@ -236,16 +237,8 @@ def pool_summary_markdown(view: PoolView, plots: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class PoolReport:
-    run_id: int
-    out_dir: Path
-    summary: Path
-    plots: dict[str, Path]
-
-
 def write_pool_report(storage_path: str | Path, run_id: int | None = None,
-                      out_dir: str | Path | None = None) -> PoolReport:
+                      out_dir: str | Path | None = None) -> Report:
     """Write family_tree.png, rounds.png and summary.md for a pool run (default: latest)."""
     view = load_pool_run(storage_path, run_id)
     out = Path(out_dir) if out_dir is not None else view.storage_path / "report"
@@ -257,4 +250,4 @@ def write_pool_report(storage_path: str | Path, run_id: int | None = None,
              "rounds": plot_rounds(view, out / "rounds.png")}
     summary = out / "summary.md"
     summary.write_text(pool_summary_markdown(view, plots))
-    return PoolReport(view.run_id, out, summary, plots)
+    return Report(view.run_id, out, summary, plots)
