@@ -90,6 +90,14 @@ class CandidateRecord:
     kinship: float | None = None
 
 
+def transaction(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    """One statement in its own transaction (autocommit connections), committed on return:
+    a crash right after leaves it either recorded or absent, never half-written."""
+    with conn:
+        conn.execute("BEGIN")
+        return conn.execute(sql, params)
+
+
 class RunStorage:
     """A SQLite ledger of runs, candidates, events and strategy checkpoints."""
 
@@ -108,9 +116,7 @@ class RunStorage:
         self.conn.close()
 
     def _tx(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
-        with self.conn:
-            self.conn.execute("BEGIN")
-            return self.conn.execute(sql, params)
+        return transaction(self.conn, sql, params)
 
     # ---- runs ------------------------------------------------------------------------------
     def create_run(self, config_json: str, config_hash: str, seed: int,

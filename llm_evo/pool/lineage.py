@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm_evo.storage import transaction
+
 FILENAME = "llm_evo_pool.sqlite"
 
 SCHEMA = """
@@ -132,9 +134,7 @@ class PoolLedger:
         self.conn.close()
 
     def _tx(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
-        with self.conn:
-            self.conn.execute("BEGIN")
-            return self.conn.execute(sql, params)
+        return transaction(self.conn, sql, params)
 
     # ---- runs ------------------------------------------------------------------------------
     def create_run(self, config_json: str, config_hash: str, versions: dict[str, str]) -> int:
