@@ -154,6 +154,26 @@ def _fast_items(plan: _Plan, base: CheckpointReader, models: Sequence[Checkpoint
     return items
 
 
+def _fast_pass(items: list[tuple[str, int]], base: CheckpointReader,
+               models: Sequence[CheckpointReader], acc: GramAccumulator, labels: list[str],
+               progress: Callable[[int, int, str], None] | None) -> tuple[int, int]:
+    """The torch-free pass (fast.py) into `acc`; returns (elements compared, bytes read)."""
+    from llm_evo.kinship.fast import gram_pass
+
+    readers = (base, *models)
+    done = iter(range(len(items)))
+
+    def record(name: str, stats) -> None:  # noqa: ANN001 - GramStats
+        if progress is not None:
+            progress(next(done), len(items), name)
+        acc.record(name, stats)
+
+    gram_pass(items, [[r.info(name) for r in readers] for name, _ in items], len(models),
+              labels=labels, workers=acc.workers, on_tensor=record)
+    elements = sum(n for _, n in items)
+    return elements, sum(n * r.info(name).element_size for name, n in items for r in readers)
+
+
 def stream_gram(
     models: Sequence[str | os.PathLike[str]],
     base: str | os.PathLike[str],
@@ -187,32 +207,19 @@ def stream_gram(
     fast_items = _fast_items(plan, base_reader, readers) if (
         acc.device == "cpu" and not low_precision) else None
     if fast_items is not None:
-        from llm_evo.kinship.fast import gram_pass
-
-        names = [name for name, _ in fast_items]
-        done = iter(range(len(names)))
-
-        def record(name: str, stats) -> None:  # noqa: ANN001 - GramStats
-            if progress is not None:
-                progress(next(done), len(names), name)
-            acc.record(name, stats)
-
-        gram_pass(fast_items, [[r.info(n) for r in (base_reader, *readers)] for n in names],
-                  len(readers), labels=labels, workers=acc.workers, on_tensor=record)
-        elements = sum(n for _, n in fast_items)
-        bytes_read = sum(n * r.info(name).element_size for name, n in fast_items
-                         for r in (base_reader, *readers))
-    with acc:
-        for i, (name, rows) in enumerate(plan.items if fast_items is None else ()):
-            if progress is not None:
-                progress(i, len(plan.items), name)
-            tensors = [base_reader.read(name), *(r.read(name) for r in readers)]
-            bytes_read += sum(t.numel() * t.element_size() for t in tensors)
-            if rows is not None:
-                tensors = [t[:rows] for t in tensors]
-            stats = acc.add(name, tensors[0], tensors[1:])
-            elements += stats.count
-            del tensors  # releases the mappings before the next tensor is read
+        elements, bytes_read = _fast_pass(fast_items, base_reader, readers, acc, labels, progress)
+    else:
+        with acc:
+            for i, (name, rows) in enumerate(plan.items):
+                if progress is not None:
+                    progress(i, len(plan.items), name)
+                tensors = [base_reader.read(name), *(r.read(name) for r in readers)]
+                bytes_read += sum(t.numel() * t.element_size() for t in tensors)
+                if rows is not None:
+                    tensors = [t[:rows] for t in tensors]
+                stats = acc.add(name, tensors[0], tensors[1:])
+                elements += stats.count
+                del tensors  # releases the mappings before the next tensor is read
     for r in (base_reader, *readers):
         r.close()
     report = StreamReport(

@@ -35,13 +35,13 @@ CHUNK_ELEMENTS = 3 << 17
 def chunk_size(k: int) -> int:
     """A power of two near CHUNK_ELEMENTS / (k + 1), in [16 Ki, 256 Ki]."""
     return 1 << max(14, min(18, (CHUNK_ELEMENTS // (k + 1)).bit_length() - 1))
-ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
+DECODED = ("bfloat16", "float16", "float32")  # the stored dtypes this pass reads
 
 
 def supports(infos: Sequence[TensorInfo]) -> bool:
     """Whether this pass can read these tensors (safetensors with a known offset, a dtype
     it decodes)."""
-    return all(i.offset is not None and i.dtype in ITEMSIZE for i in infos)
+    return all(i.offset is not None and i.dtype in DECODED for i in infos)
 
 
 class _Scratch:
@@ -160,7 +160,7 @@ def _chunk(scratch: _Scratch, name: str, row: Sequence[TensorInfo], files: dict[
            s: int, e: int, k: int, g: np.ndarray, sm: np.ndarray) -> None:
     m = e - s
     for j, info in enumerate(row):
-        size = ITEMSIZE[info.dtype]
+        size = info.element_size
         files[str(info.file)].read_into(scratch.raw[j, : m * size], info.offset + s * size, name)
     dtypes = {info.dtype for info in row}
     if len(dtypes) == 1:
@@ -186,7 +186,7 @@ def _raise_non_finite(name: str, n: int, row: Sequence[TensorInfo],
                       labels: Sequence[str]) -> None:
     """Which checkpoint holds the NaN or inf: read that tensor once more, this time whole."""
     for info, label in zip(row, labels, strict=True):
-        size = ITEMSIZE[info.dtype]
+        size = info.element_size
         raw = np.empty(n * size, dtype=np.uint8)
         f = _File(str(info.file))
         try:

@@ -38,6 +38,8 @@ _FLOAT_CODES = {
     "F8_E4M3": "float8_e4m3fn",
     "F8_E5M2": "float8_e5m2",
 }
+# Bytes per element of the float dtypes (fp8 and raw codes: 1).
+ELEMENT_SIZES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 _OUTPUT_EMBEDDINGS = ("lm_head.weight", "embed_out.weight", "output.weight")
 _INPUT_EMBEDDINGS = (
     "embed_tokens.weight",
@@ -69,7 +71,7 @@ class TensorInfo:
 
     @property
     def element_size(self) -> int:
-        return {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}.get(self.dtype, 1)
+        return ELEMENT_SIZES.get(self.dtype, 1)
 
     @property
     def is_float(self) -> bool:

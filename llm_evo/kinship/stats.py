@@ -169,7 +169,7 @@ class GramAccumulator:
         stats = GramStats(gram, sums, n)
         if not stats.is_finite():
             self._raise_non_finite(name, [base, *models])
-        self._record(name, stats)
+        self.record(name, stats)
         return stats
 
     def add_deltas(self, name: str, deltas: Sequence[torch.Tensor]) -> GramStats:
@@ -177,10 +177,7 @@ class GramAccumulator:
         return self.add(name, None, deltas)
 
     def record(self, name: str, stats: GramStats) -> None:
-        """Add statistics computed elsewhere (the torch-free pass in fast.py)."""
-        self._record(name, stats)
-
-    def _record(self, name: str, stats: GramStats) -> None:
+        """Keep one tensor's statistics (from `add`, or from the torch-free pass in fast.py)."""
         if name in self.tensors:
             raise ValueError(f"tensor {name} was added twice")
         self.tensors[name] = stats
