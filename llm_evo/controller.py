@@ -222,8 +222,9 @@ class Controller:
         latest = self.storage.latest_run()
         want = self.config.config_hash()
         if latest is not None and not self.options.force_new_run:
-            diff = resume_diff(latest["config_json"], self.config)
-            if latest["config_hash"] != want and diff:
+            diff = (resume_diff(latest["config_json"], self.config)
+                    if latest["config_hash"] != want else [])
+            if diff:
                 shown = "; ".join(diff[:6]) + (f"; +{len(diff) - 6} more" if len(diff) > 6
                                                else "")
                 raise ConfigError(
