@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from _table import markdown_table  # bench/, the script's own folder
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -249,9 +251,7 @@ def table(rows: list[Row], markdown: bool) -> str:
                       f"{r.evaluate:.3f}", f"{r.other:.3f}", f"{100 * r.non_eval_share:.0f}%",
                       f"{r.startup:.1f}"])
     if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(cells) + " |" for cells in lines]
-        return "\n".join(out)
+        return markdown_table(head, lines)
     widths = [max(len(c) for c in col) for col in zip(head, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*head), *(fmt.format(*cells) for cells in lines)])

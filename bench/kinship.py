@@ -22,6 +22,8 @@ import time
 import zlib
 from pathlib import Path
 
+from _table import markdown_table  # bench/, the script's own folder
+
 HIDDEN, INTER, VOCAB, KV = 2048, 5632, 32000, 512
 # Fraction of each fine-tune's delta along the shared direction: cs(i, j) ~= c_i * c_j.
 SHARED = (0.9, 0.8, 0.6, 0.3)
@@ -192,10 +194,7 @@ def main() -> None:
              f"{report['elapsed_s'] / read:.1f}", f"{report['bytes_read'] / nbytes:.3f}", str(rss)]
         )  # fmt: skip
     if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in table:
-            print("| " + " | ".join(row) + " |")
+        print(markdown_table(header, table))
     else:
         widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
         for row in [header, *table]:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _table import markdown_table  # bench/, the script's own folder
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -169,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     header = ["config", "seeds", "evals/seed", "best raw (mean ± sd)", "median", "min", "max",
               "found global", "restarts", "kinship µs/cand"]
     if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
+        print(markdown_table(header, rows))
     else:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))

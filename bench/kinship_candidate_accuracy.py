@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _table import markdown_table  # bench/, the script's own folder
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               "max abs Δpcc", "max rel Δed", "max abs Δcs per merge seed",
               "real cs spread (max sd)", "max abs Δcs vs seeds' mean", "ms / candidate"]
     if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
+        print(markdown_table(header, rows))
     else:
         for r in [header, *rows]:
             print("  ".join(r))
