@@ -106,6 +106,11 @@ def run(fitness: Landscape, penalty: KinshipPenalty, genome: Genome, seed: int,
             "restarts": restarts}
 
 
+def _sd(values: list[float]) -> str:
+    """Sample standard deviation, or "n/a" for one seed (statistics.stdev needs two)."""
+    return f"{statistics.stdev(values):.3f}" if len(values) > 1 else "n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", type=Path, default=REPO / "models" / "tiny")
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.stagnation is not None:
             label += f", stagnation {cfg.stagnation:g}/{cfg.stagnation_generations}"
         rows.append([label, str(args.seeds), str(budget),
-                     f"{statistics.mean(best):.3f} ± {statistics.stdev(best):.3f}",
+                     f"{statistics.mean(best):.3f} ± {_sd(best)}",
                      f"{statistics.median(best):.3f}", f"{min(best):.3f}", f"{max(best):.3f}",
                      f"{sum(b > FOUND for b in best)}/{args.seeds}",
                      f"{sum(r['restarts'] for r in results)}",
