@@ -22,7 +22,7 @@ import numpy as np
 from llm_evo import __version__
 from llm_evo.config import RunConfig, resume_diff
 from llm_evo.errors import ConfigError, InvalidGenotypeError
-from llm_evo.evaluation.jobs import Job, JobResult, TaskSpec, WorkerSpec
+from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.genome import Genome
 from llm_evo.kinship_search import KinshipSearch
 from llm_evo.progress import GenerationProgress
@@ -98,33 +98,23 @@ class Controller:
 
     # ---- set-up ----------------------------------------------------------------------------
     def _worker_spec(self) -> WorkerSpec:
+        from llm_evo.evaluation.spec import worker_spec
         from llm_evo.resolve import task_search_paths
 
         cfg = self.config
         ev = cfg.evaluation
         config_dir = Path(self.options.config_dir) if self.options.config_dir else None
         paths = task_search_paths(cfg, self.options.task_search_paths, config_dir)
-        return WorkerSpec(
-            tasks=tuple(TaskSpec(t.name, t.weight, t.metric) for t in cfg.tasks),
-            task_search_paths=tuple(paths),
+        return worker_spec(
+            cfg,
+            task_search_paths=paths,
             merge_dir=str((self.root / "merges").resolve()),
-            device=ev.device,
-            dtype=ev.dtype,
-            batch_size=ev.batch_size,
-            limit=cfg.limit,
-            num_fewshot=cfg.num_fewshot,
-            shuffle=cfg.shuffle,
             seed=cfg.search.seed,
-            apply_chat_template=cfg.chat_template,
-            fewshot_as_multiturn=cfg.fewshot_as_multiturn,
-            model_args=dict(ev.model_args),
-            merge_cuda=self.options.merge_cuda,
             trust_remote_code=self.options.trust_remote_code,
             allow_crimes=self.options.allow_crimes,
+            merge_cuda=self.options.merge_cuda,
             in_memory=ev.in_memory,
-            backend=ev.backend,
             input_cache=ev.input_cache,
-            torch_threads=ev.torch_threads,
             reshard_dir=str((self.root / "input_models").resolve()) if ev.reshard else None,
             input_models=tuple(dict.fromkeys(
                 [*self.genome.models, *([self.genome.base_model] if self.genome.base_model

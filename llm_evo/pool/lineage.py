@@ -147,6 +147,11 @@ class PoolLedger:
         self._tx("UPDATE pool_runs SET status = ?, stop_reason = ?, finished = ? WHERE id = ?",
                  (status, stop_reason, time.time(), run_id))
 
+    def reopen_run(self, run_id: int) -> None:
+        """A resumed run is running again until it ends."""
+        self._tx("UPDATE pool_runs SET status = 'running', stop_reason = NULL, finished = NULL "
+                 "WHERE id = ?", (run_id,))
+
     def runs(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT id, created, config_json, config_hash, status, "
                                  "stop_reason, finished FROM pool_runs ORDER BY id").fetchall()

@@ -5,6 +5,11 @@ by mergekit on the driver into `STORAGE/pool_models/run<N>/`, then scored in par
 `model_path` jobs. A merged model that is not in the top-k after its round is deleted at
 once (the user's input models are never touched), so the storage path holds at most the
 top-k plus one round's merges.
+
+Resume: a run that was killed, interrupted or failed is continued by running the same
+deterministic loop again over the ledger. Merges and evaluations already recorded are replayed
+from it (nothing finished is merged or scored again), and the loop goes on from the first
+step that has no record.
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from llm_evo.errors import ConfigError
-from llm_evo.evaluation.jobs import Job, JobResult, TaskSpec, WorkerSpec
+from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.genome import dump_yaml, model_label, resolve_path
 from llm_evo.pool import algorithm as algo
 from llm_evo.pool.config import PoolConfig
@@ -118,6 +123,7 @@ class PoolRunner:
         self.top: list[str] = []
         self.created: dict[str, int] = {}  # name -> creation order (inputs, then plan order)
         self.input_names: list[str] = []
+        self.saved: dict[str, ModelRecord] = {}  # a resumed run's ledger: replayed, not redone
 
     # ---- set-up ----------------------------------------------------------------------------
     def check_models(self) -> None:
@@ -141,6 +147,8 @@ class PoolRunner:
                     f"base is {first.architecture} with {first.num_layers}")
 
     def _worker_spec(self) -> WorkerSpec:
+        from llm_evo.evaluation.spec import worker_spec
+
         cfg = self.config
         ev = cfg.evaluation
         paths = []  # the run config's rules (resolve.task_search_paths), for a pool config
@@ -149,36 +157,37 @@ class PoolRunner:
             if not Path(resolved).is_dir():
                 raise ConfigError(f"task search path {p} is not a directory")
             paths.append(resolved)
-        return WorkerSpec(
-            tasks=tuple(TaskSpec(t.name, t.weight, t.metric) for t in cfg.tasks),
-            task_search_paths=tuple(paths),
+        return worker_spec(
+            cfg,
+            task_search_paths=paths,
             merge_dir=str((self.root / "merges").resolve()),
-            device=ev.device,
-            dtype=ev.dtype,
-            batch_size=ev.batch_size,
-            limit=cfg.limit,
-            num_fewshot=cfg.num_fewshot,
-            shuffle=cfg.shuffle,
             seed=self.section.seed,
-            apply_chat_template=cfg.chat_template,
-            fewshot_as_multiturn=cfg.fewshot_as_multiturn,
-            model_args=dict(ev.model_args),
             trust_remote_code=self.options.trust_remote_code,
             allow_crimes=self.options.allow_crimes,
-            backend=ev.backend,
-            torch_threads=ev.torch_threads,
         )
 
     def _open_run(self, ledger: PoolLedger) -> int:
         from llm_evo.controller import library_versions
 
         previous = ledger.run()
-        if previous is not None and not self.options.force_new_run:
+        if previous is None or self.options.force_new_run:
+            return ledger.create_run(self.config.canonical_json(), self.config.config_hash(),
+                                     library_versions())
+        run_id, status = previous["id"], previous["status"]
+        if status == "finished":
+            raise ConfigError(f"{self.root} already holds pool run {run_id} (finished); use a "
+                              "new --storage-path or pass --force-new-run")
+        if previous["config_hash"] != self.config.config_hash():
+            diff = _config_diff(previous["config_json"], self.config)
             raise ConfigError(
-                f"{self.root} already holds pool run {previous['id']} "
-                f"({previous['status']}); use a new --storage-path or pass --force-new-run")
-        return ledger.create_run(self.config.canonical_json(), self.config.config_hash(),
-                                 library_versions())
+                f"{self.root} already holds pool run {run_id} ({status}) of a different config "
+                f"({diff}); resume it with the same config and flags, or pass --force-new-run")
+        self.saved = {m.name: m for m in ledger.models(run_id)}
+        ledger.reopen_run(run_id)
+        done = sum(m.eval_order is not None for m in self.saved.values())
+        self.echo(f"resuming pool run {run_id} ({status}): {len(self.saved)} models and "
+                  f"{done} evaluations on record are replayed, not redone")
+        return run_id
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> PoolSummary:
@@ -192,6 +201,8 @@ class PoolRunner:
         self.models_dir = (self.root / "pool_models" / f"run{self.run_id}").resolve()
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.kin = KinshipCache(self.base, self.section.kinship_metric, ledger, self.run_id)
+        for pair, value in ledger.kinship(self.run_id).items():  # a resumed run's pairs
+            self.kin.values[pair] = math.nan if value is None else value
         pool = WorkerPool(spec, RayPoolOptions(ray_address=self.options.ray_address,
                                                num_workers=self.options.num_workers,
                                                num_gpus=self.options.num_gpus))
@@ -318,6 +329,12 @@ class PoolRunner:
         rec = ModelRecord(name=name, round=rnd, origin="merge", path=str(out), parent_a=p.a,
                           parent_b=p.b, parent_kinship=None if math.isnan(kin) else kin,
                           exploration=p.exploration, merge_config=dump_yaml(cfg))
+        saved = self.saved.get(name)
+        if saved is not None and (saved.status != "pending" or out.is_dir()):
+            self._replay_merge(saved)
+            return
+        self.saved.pop(name, None)  # merged before a crash but gone since: merge it again
+        shutil.rmtree(out, ignore_errors=True)  # a merge cut short by a crash
         try:
             t_merge = run_pair_merge(cfg, out, trust_remote_code=self.options.trust_remote_code,
                                      allow_crimes=self.options.allow_crimes)
@@ -332,6 +349,14 @@ class PoolRunner:
     def _evaluate(self, pool, rnd: int, names: list[str]) -> None:
         from llm_evo.progress import GenerationProgress
 
+        scored = sorted((n for n in names if n in self.saved
+                         and self.saved[n].eval_order is not None),
+                        key=lambda n: self.saved[n].eval_order)
+        for name in scored:  # a resumed run: these results are on record already
+            s = self.saved[name]
+            self._record_result(name, s.status == "ok", s.score, s.results, s.error, s.t_eval,
+                                write=False)
+        names = [n for n in names if n not in scored]
         if not names:
             return
         jobs = {i: Job(rnd, i, model_path=self.records[n].path, kind="pool", label=n)
@@ -341,30 +366,47 @@ class PoolRunner:
                                       best=best, quiet=self.options.quiet)
 
         def on_result(res: JobResult) -> None:
-            name = names[res.idx]
-            self.evaluations += 1
             ok = res.status == "ok" and res.score is not None
-            self.ledger.set_result(self.run_id, name, status="ok" if ok else "failed",
-                                   score=res.score, results=res.results, error=res.error,
-                                   eval_order=self.evaluations, t_eval=res.t_eval)
-            self.records[name] = ModelRecord(**{
-                **self.records[name].__dict__, "status": "ok" if ok else "failed",
-                "score": res.score, "results": res.results, "error": res.error,
-                "eval_order": self.evaluations, "t_eval": res.t_eval})
-            if ok:  # ties go to the model created first, never to whichever finished first
-                self.members[name] = algo.Member(name, float(res.score), self.created[name])
-            else:
-                self.failed += 1
+            self._record_result(names[res.idx], ok, res.score, res.results, res.error,
+                                res.t_eval, write=True)
             progress.update(res.score if ok else None)
 
         pool.run(list(jobs.values()), on_result)
         progress.close()
 
+    def _record_result(self, name: str, ok: bool, score: float | None, results: dict | None,
+                       error: str | None, t_eval: float | None, *, write: bool) -> None:
+        self.evaluations += 1
+        status = "ok" if ok else "failed"
+        if write:
+            self.ledger.set_result(self.run_id, name, status=status, score=score,
+                                   results=results, error=error, eval_order=self.evaluations,
+                                   t_eval=t_eval)
+        self.records[name] = replace(self.records[name], status=status, score=score,
+                                     results=results, error=error,
+                                     eval_order=self.evaluations, t_eval=t_eval)
+        if ok:  # ties go to the model created first, never to whichever finished first
+            self.members[name] = algo.Member(name, float(score), self.created[name])
+        else:
+            self.failed += 1
+
     # ---- bookkeeping -----------------------------------------------------------------------
     def _add(self, rec: ModelRecord) -> None:
         self.created.setdefault(rec.name, len(self.created))
         self.records[rec.name] = rec
-        self.ledger.add_model(self.run_id, rec)
+        if rec.name not in self.saved:  # a resumed run's records stay as they are
+            self.ledger.add_model(self.run_id, rec)
+
+    def _replay_merge(self, saved: ModelRecord) -> None:
+        """A merge on record: as it stood before it was scored; its result is replayed by
+        `_evaluate` and its deletion by `_delete`, at the same points as in the first run."""
+        if saved.status == "failed" and saved.eval_order is None:  # the merge itself failed
+            self.failed += 1
+            self._add(saved)
+            return
+        self.kin.paths[saved.name] = saved.path
+        self._add(replace(saved, status="pending", score=None, results=None, error=None,
+                          eval_order=None, t_eval=None, deleted_round=None))
 
     def _delete(self, name: str, rnd: int) -> None:
         """Delete a merged model that left (or never entered) the top-k; never an input."""
@@ -378,6 +420,16 @@ class PoolRunner:
         self.members.pop(name, None)
         self.records[name] = ModelRecord(**{**rec.__dict__, "deleted_round": rnd})
         self.ledger.mark_deleted(self.run_id, name, rnd)
+
+
+def _config_diff(stored_json: str, config: PoolConfig) -> str:
+    """`field: old -> new` for what differs between a stored pool config and this one."""
+    import json
+
+    from llm_evo.config import config_diff
+
+    lines = config_diff(json.loads(stored_json), json.loads(config.canonical_json()))
+    return "; ".join(lines[:6]) + (f"; +{len(lines) - 6} more" if len(lines) > 6 else "")
 
 
 def _unique_labels(paths: list[str]) -> list[str]:
