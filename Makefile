@@ -10,7 +10,8 @@ STORAGE ?= runs/demo
 
 .PHONY: install demo test lint models clean
 
-$(VENV)/.installed: pyproject.toml
+# setup.py builds the kinship pass's optional C kernel: editing it reinstalls.
+$(VENV)/.installed: pyproject.toml setup.py llm_evo/kinship/_gram.c llm_evo/kinship/_gram_small.h
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU torch wheel first: any other torch requirement would pull CUDA.

@@ -6,6 +6,8 @@ the page cache warm, it times `cat FILES > /dev/null` and the two commands (as s
 peak RSS from wait4), and prints a table. Run from the repo root:
 
     python bench/kinship.py [--layers 10] [--dir /tmp/x] [--keep] [--repeat 3] [--markdown]
+
+The C kernel is used where it was built; `LLM_EVO_KINSHIP_KERNEL=numpy` times the fallback.
 """
 
 from __future__ import annotations
@@ -200,8 +202,11 @@ def main() -> None:
         for row in [header, *table]:
             print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     cs_pair, cs_matrix = results
+    from llm_evo.kinship.fast import kernel
+
     print(
-        f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.layers} layers,"
+        f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; kernel {kernel(2)}"
+        f" (LLM_EVO_KINSHIP_KERNEL); {args.layers} layers,"
         f" {rows[-1][2] / len(family) / 1e9:.2f} GB of bf16 per model; warm page cache; best of"
         f" {args.repeat}; startup (python + imports): {startup:.2f}s wall,"
         f" {startup_cpu:.2f}s CPU; this process's own peak RSS:"

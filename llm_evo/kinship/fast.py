@@ -3,9 +3,16 @@
 Why: `import torch` alone costs 1.5 s, three to four times what `cat` needs to read a pair
 of 1 GB checkpoints, and mapping each tensor anew costs page faults on every byte. Here each
 worker thread reads a chunk of every checkpoint at the same element range into buffers that
-stay in its cache, decodes bf16 / fp16 / fp32 to float32, takes the deltas against the base,
-widens them to float64 and folds them into the Gram statistics. A chunk is touched once in
-RAM; everything after the copy out of the page cache runs in cache.
+stay in its cache and folds it into float64 Gram statistics. A chunk is touched once in RAM;
+everything after the copy out of the page cache runs in cache.
+
+Two kernels do the folding, with the same numbers (bf16 / fp16 deltas and their products are
+exact in float64; only the order of the float64 sums differs):
+- `c`: `_gram.c`, built at install time where a C compiler is found. One pass over the raw
+  bytes decodes, subtracts and accumulates in registers, with the GIL released.
+- `numpy`: five numpy calls per chunk (decode to float32, subtract, widen to float64, sum,
+  dot), about three times the CPU time. Used where `_gram` was not built.
+`LLM_EVO_KINSHIP_KERNEL=numpy` (or `c`) picks one; the default takes `c` where it exists.
 
 Used by `stream_gram` when every checkpoint is safetensors, the device is the CPU, and no
 `--low-precision` quantisation is asked for; the torch accumulator handles the rest.
@@ -26,16 +33,47 @@ from llm_evo.errors import ConfigError
 from llm_evo.kinship.reader import TensorInfo
 from llm_evo.kinship.stats import GramStats
 
-# Elements per chunk: (k + 1) rows of raw, float32 and float64 buffers per thread. About
-# 384 Ki elements over all rows was fastest here (fewer numpy calls per byte keeps the GIL
-# free, smaller chunks stay in cache): 128 Ki for a pair, 64 Ki for 4 models.
-CHUNK_ELEMENTS = 3 << 17
+try:  # built at install time where a C compiler was found (setup.py); tiny to import
+    from llm_evo.kinship import _gram
+except ImportError:
+    _gram = None
+
+# Elements per chunk over all k + 1 rows, as measured fastest on the bench's 1 GB models.
+# numpy: rows of raw, float32 and float64 buffers per thread; about 384 Ki elements (fewer
+# numpy calls per byte keeps the GIL free, smaller chunks stay in cache): 128 Ki for a
+# pair, 64 Ki for 4 models. C: only the raw rows, and fewer calls still help: 512 Ki for a
+# pair, 256 Ki for 4 models (at most 6 MB of buffer per thread).
+CHUNK_ELEMENTS = {"numpy": 3 << 17, "c": 3 << 19}
 
 
-def chunk_size(k: int) -> int:
-    """A power of two near CHUNK_ELEMENTS / (k + 1), in [16 Ki, 256 Ki]."""
-    return 1 << max(14, min(18, (CHUNK_ELEMENTS // (k + 1)).bit_length() - 1))
+def chunk_size(k: int, kernel: str = "numpy") -> int:
+    """A power of two near CHUNK_ELEMENTS[kernel] / (k + 1), in [16 Ki, 512 Ki]."""
+    return 1 << max(14, min(19, (CHUNK_ELEMENTS[kernel] // (k + 1)).bit_length() - 1))
+
+
 DECODED = ("bfloat16", "float16", "float32")  # the stored dtypes this pass reads
+CODES = {"bfloat16": 0, "float16": 1, "float32": 2}  # _gram.c's dtype codes
+
+
+def kernel(k: int) -> str:
+    """`c` or `numpy`: LLM_EVO_KINSHIP_KERNEL where set, else `c` where `_gram` was built
+    (and takes k models)."""
+    want = os.environ.get("LLM_EVO_KINSHIP_KERNEL", "auto").strip().lower() or "auto"
+    if want not in ("auto", "c", "numpy"):
+        raise ConfigError(f"LLM_EVO_KINSHIP_KERNEL={want}: expected auto, c or numpy")
+    if want == "numpy":
+        return "numpy"
+    gram = _c_kernel()
+    if gram is not None and k <= gram.MAXK:
+        return "c"
+    if want == "c":
+        raise ConfigError("LLM_EVO_KINSHIP_KERNEL=c, but llm_evo.kinship._gram was not built "
+                          f"(or takes at most 32 models, not {k}); reinstall with a C compiler")
+    return "numpy"
+
+
+def _c_kernel():  # noqa: ANN202 - the extension module, or None
+    return _gram
 
 
 def supports(infos: Sequence[TensorInfo]) -> bool:
@@ -46,13 +84,15 @@ def supports(infos: Sequence[TensorInfo]) -> bool:
 
 class _Scratch:
     """One thread's buffers, reused for every chunk: one row per checkpoint, so a chunk is
-    decoded, subtracted and widened in one numpy call each (few calls, little GIL)."""
+    decoded, subtracted and widened in one numpy call each (few calls, little GIL). The C
+    kernel needs only the raw rows."""
 
-    def __init__(self, k: int, chunk: int) -> None:
+    def __init__(self, k: int, chunk: int, numpy_kernel: bool) -> None:
         self.raw = np.empty((k + 1, chunk * 4), dtype=np.uint8)
-        self.f32 = np.empty((k + 1, chunk), dtype=np.float32)
-        self.d32 = np.empty((k, chunk), dtype=np.float32)
-        self.d64 = np.empty((k, chunk), dtype=np.float64)
+        if numpy_kernel:
+            self.f32 = np.empty((k + 1, chunk), dtype=np.float32)
+            self.d32 = np.empty((k, chunk), dtype=np.float32)
+            self.d64 = np.empty((k, chunk), dtype=np.float64)
 
 
 def _decode(raw: np.ndarray, dtype: str, m: int, out: np.ndarray) -> np.ndarray:
@@ -105,7 +145,9 @@ def gram_pass(
     `on_tensor(name, stats)` is called once per tensor, in `items` order, after all its
     chunks are in. Raises ConfigError naming the tensor and checkpoint on NaN or inf.
     """
-    chunk = chunk or chunk_size(k)
+    kind = kernel(k)
+    chunk = chunk or chunk_size(k, kind)
+    fold = _fold_numpy if kind == "numpy" else _fold_c
     files: dict[str, _File] = {}
     try:
         for row in infos:
@@ -119,7 +161,7 @@ def gram_pass(
         lock = threading.Lock()
 
         def work() -> dict[int, tuple[np.ndarray, np.ndarray]]:
-            scratch = _Scratch(k, chunk)
+            scratch = _Scratch(k, chunk, fold is _fold_numpy)
             parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             while True:
                 with lock:  # next() on a plain iterator is not guaranteed atomic
@@ -128,7 +170,8 @@ def gram_pass(
                     return parts
                 t, s, e = span
                 g, sm = parts.get(t) or parts.setdefault(t, (np.zeros((k, k)), np.zeros(k)))
-                _chunk(scratch, items[t][0], infos[t], files, s, e, k, g, sm)
+                _read(scratch, items[t][0], infos[t], files, s, e)
+                fold(scratch, infos[t], e - s, k, g, sm)
 
         threads = max(1, min(workers, len(spans)))
         # Our threads split the work; BLAS threads inside np.dot would fight them, and on a
@@ -158,12 +201,25 @@ def gram_pass(
         on_tensor(name, stats)
 
 
-def _chunk(scratch: _Scratch, name: str, row: Sequence[TensorInfo], files: dict[str, _File],
-           s: int, e: int, k: int, g: np.ndarray, sm: np.ndarray) -> None:
-    m = e - s
+def _read(scratch: _Scratch, name: str, row: Sequence[TensorInfo], files: dict[str, _File],
+          s: int, e: int) -> None:
+    """Elements s..e of the tensor from every checkpoint, one raw row each."""
     for j, info in enumerate(row):
         size = info.element_size
-        files[str(info.file)].read_into(scratch.raw[j, : m * size], info.offset + s * size, name)
+        files[str(info.file)].read_into(scratch.raw[j, : (e - s) * size],
+                                        info.offset + s * size, name)
+
+
+def _fold_c(scratch: _Scratch, row: Sequence[TensorInfo], m: int, k: int, g: np.ndarray,
+            sm: np.ndarray) -> None:
+    """One call into _gram.c (the GIL is released while it runs)."""
+    _gram.accumulate(scratch.raw, scratch.raw.shape[1], bytes(CODES[i.dtype] for i in row), m,
+                     g, sm)
+
+
+def _fold_numpy(scratch: _Scratch, row: Sequence[TensorInfo], m: int, k: int, g: np.ndarray,
+                sm: np.ndarray) -> None:
+    """The same statistics with numpy, where _gram.c was not built."""
     dtypes = {info.dtype for info in row}
     if len(dtypes) == 1:
         values = _decode(scratch.raw, row[0].dtype, m, scratch.f32)

@@ -130,6 +130,13 @@ def family(tmp_path: Path) -> dict:
     return {"root": tmp_path, "states": states, "paths": paths}
 
 
+@pytest.fixture(params=["c", "numpy"])
+def kinship_kernel(request, monkeypatch) -> str:
+    """Runs a test once with each kernel of the CPU pass (llm_evo.kinship.fast)."""
+    monkeypatch.setenv("LLM_EVO_KINSHIP_KERNEL", request.param)
+    return request.param
+
+
 @pytest.fixture
 def ck() -> SimpleNamespace:
     """The helpers above, for tests (conftest modules are not importable by name)."""

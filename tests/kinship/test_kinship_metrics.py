@@ -22,7 +22,7 @@ REL = 1e-6
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("split", [False, True])
-def test_metrics_match_numpy(ck, tmp_path, dtype, split):
+def test_metrics_match_numpy(ck, tmp_path, dtype, split, kinship_kernel):
     base = ck.random_state(0)
     shared = ck.random_state(1)
     a, b = ck.fine_tune(base, 2, shared), ck.fine_tune(base, 3, shared)
@@ -98,7 +98,7 @@ def test_low_precision_quantises_each_delta_tensor(ck, family, split):
     assert got.low_precision
 
 
-def test_matrix_gram_and_pairs(ck, family):
+def test_matrix_gram_and_pairs(ck, family, kinship_kernel):
     p, st = family["paths"], {k: ck.stored(v) for k, v in family["states"].items()}
     m = kinship_matrix([p["a"], p["b"], p["c"]], p["base"])
     deltas = np.stack(
@@ -214,7 +214,7 @@ def test_identical_models(family):
     assert r["ed"] == 0.0
 
 
-def test_nan_weight_is_an_error_naming_the_tensor(ck, family, tmp_path):
+def test_nan_weight_is_an_error_naming_the_tensor(ck, family, tmp_path, kinship_kernel):
     bad = {k: v.clone() for k, v in family["states"]["a"].items()}
     bad["model.layers.0.self_attn.q_proj.weight"][3, 4] = float("nan")
     path = ck.write(tmp_path / "nan-model", bad, torch.bfloat16)
