@@ -4,7 +4,9 @@ mergekit streams the merge (lazy loading, one output tensor planned and written 
 another), so memory holds a few tensors, not N models. sentence-transformers keeps its
 pooling and normalisation modules beside the weights; mergekit knows nothing of them, so
 they are copied from the first model, which makes a mixed embedding model load in
-sentence-transformers as its sources do.
+sentence-transformers as its sources do. Modules with weights of their own (a `2_Dense`
+projection) are averaged with the same weights, tensor by tensor, where every model has
+them in the same shapes.
 """
 
 from __future__ import annotations
@@ -73,18 +75,72 @@ def merge_config_dict(models: Sequence[str], weights: Sequence[float], normalize
     return config
 
 
-def _copy_sentence_transformers(source: Path, out: Path) -> list[str]:
-    """Copy sentence-transformers' module files; warn about modules that carry weights."""
+def _copy_sentence_transformers(sources: Sequence[Path], out: Path, weights: Sequence[float],
+                                normalize: bool) -> list[str]:
+    """Copy sentence-transformers' module files from the first model, averaging the weight
+    files of modules that have them; warn where they cannot be averaged."""
+    source = sources[0]
     warnings = []
     for name in ST_FILES:
         if (source / name).is_file():
             shutil.copy(source / name, out / name)
     for sub in sorted(p for p in source.iterdir() if p.is_dir() and p.name[:1].isdigit()):
-        if any(f.suffix in WEIGHT_SUFFIXES for f in sub.rglob("*")):
-            warnings.append(f"{sub.name}: sentence-transformers module with weights, copied "
-                            f"from {source.name}, not averaged")
         shutil.copytree(sub, out / sub.name, dirs_exist_ok=True)
+        for f in sorted(f for f in sub.rglob("*") if f.suffix in WEIGHT_SUFFIXES):
+            rel = f.relative_to(source)
+            problem = _average_weight_file([s / rel for s in sources], [s.name for s in sources],
+                                           out / rel, weights, normalize)
+            if problem:
+                warnings.append(f"{rel}: {problem}; copied from {source.name}, not averaged")
     return warnings
+
+
+def _average_weight_file(paths: Sequence[Path], labels: Sequence[str], out: Path,
+                         weights: Sequence[float], normalize: bool) -> str | None:
+    """out = sum(w_i * tensor_i) (over sum(w) with `normalize`), as mergekit's linear merge
+    does; returns why not where the files differ (then `out` is left as it is)."""
+    import torch
+
+    missing = [label for p, label in zip(paths, labels, strict=True) if not p.is_file()]
+    if missing:
+        return "missing from " + ", ".join(missing)
+    states = [_load_weights(p) for p in paths]
+    first = states[0]
+    for label, st in zip(labels[1:], states[1:], strict=True):
+        if st.keys() != first.keys() or any(st[k].shape != first[k].shape for k in first):
+            return f"tensor names or shapes differ in {label}"
+    scale = sum(weights) if normalize else 1.0
+    mixed = {}
+    for name, tensor in first.items():
+        if not tensor.is_floating_point():
+            mixed[name] = tensor
+            continue
+        acc = sum(float(w) * st[name].to(torch.float32) for w, st in zip(weights, states,
+                                                                           strict=True))
+        mixed[name] = (acc / scale).to(tensor.dtype).contiguous()
+    _save_weights(mixed, out)
+    return None
+
+
+def _load_weights(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _save_weights(state: dict, path: Path) -> None:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata={"format": "pt"})
+        return
+    import torch
+
+    torch.save(state, path)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -174,5 +230,5 @@ def mix_models(models: Sequence[str], weights: Sequence[float], out: str | Path,
         merge_config_dict(paths, weights, normalize, dtype))
     out.mkdir(parents=True, exist_ok=True)
     _merge_to_disk(config, out, MergeOptions(lazy_unpickle=True, quiet=True, device=device))
-    warnings = _copy_sentence_transformers(Path(paths[0]), out)
+    warnings = _copy_sentence_transformers([Path(p) for p in paths], out, weights, normalize)
     return MixResult(out, paths, tuple(float(w) for w in weights), normalize, tuple(warnings))

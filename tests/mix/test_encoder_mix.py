@@ -107,3 +107,42 @@ def test_bert_merge_with_and_without_position_ids(retrieval_family, tmp_path):
     for name in b:
         assert mixed[name].allclose(0.25 * a[name] + 0.75 * b[name], atol=1e-6), name
     assert mixed["embeddings.position_ids"].equal(a["embeddings.position_ids"])
+
+
+def _with_dense(source: str, out: Path, seed: int, out_features: int = 64) -> Path:
+    """`source` with a 2_Dense projection appended, saved by sentence-transformers itself."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense
+
+    torch.manual_seed(seed)
+    st = SentenceTransformer(source, device="cpu")
+    st.append(Dense(384, out_features))
+    st.save(str(out))
+    return out
+
+
+def test_sentence_transformers_weight_modules_are_averaged(retrieval_family, tmp_path):
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+
+    enc = retrieval_family["encoders"]
+    a = _with_dense(enc["color"], tmp_path / "a", seed=1)
+    b = _with_dense(enc["animal"], tmp_path / "b", seed=2)
+    (dense,) = [p.relative_to(a) for p in a.glob("*_Dense/*.safetensors")]
+    wa, wb = load_file(a / dense), load_file(b / dense)
+    assert not wa["linear.weight"].equal(wb["linear.weight"])
+
+    result = mix_models([str(a), str(b)], (0.7, 0.3), tmp_path / "mix")
+    assert result.warnings == ()
+    mixed = load_file(tmp_path / "mix" / dense)
+    for name in wa:
+        assert mixed[name].allclose(0.7 * wa[name] + 0.3 * wb[name], atol=1e-6), name
+    st = SentenceTransformer(str(tmp_path / "mix"), device="cpu")
+    assert st.encode(["a red dog"]).shape == (1, 64)
+
+    # a projection of another shape cannot be averaged: the first model's, with a warning
+    c = _with_dense(enc["animal"], tmp_path / "c", seed=3, out_features=32)
+    result = mix_models([str(a), str(c)], (0.5, 0.5), tmp_path / "mix2")
+    assert len(result.warnings) == 1 and "differ in c" in result.warnings[0]
+    assert load_file(tmp_path / "mix2" / dense)["linear.weight"].equal(wa["linear.weight"])
