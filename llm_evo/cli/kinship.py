@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import click
 
@@ -98,32 +99,10 @@ def common_options(func):  # noqa: ANN001, ANN201 - click decorator stack
     "--low-precision", is_flag=True, help="Round each delta tensor to int8 steps of its absmax."
 )
 @common_options
-def kinship(
-    model_a: str,
-    model_b: str,
-    base: str,
-    metrics: str,
-    split: bool,
-    low_precision: bool,
-    abs_cosine: bool,
-    device: str,
-    workers: int | None,
-    as_json: bool,
-) -> None:
+def kinship(model_a: str, model_b: str, base: str, **options: Any) -> None:
     """Model kinship of MODEL_A and MODEL_B: similarity of their deltas against BASE.
 
     Each argument is a checkpoint directory (safetensors, sharded with an index, or .bin) or a
     weights file. The pass streams one tensor at a time.
     """
-    run_pair(
-        model_a,
-        model_b,
-        base,
-        metrics,
-        split=split,
-        low_precision=low_precision,
-        abs_cosine=abs_cosine,
-        device=device,
-        workers=workers,
-        as_json=as_json,
-    )
+    run_pair(model_a, model_b, base, **options)

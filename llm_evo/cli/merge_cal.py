@@ -7,6 +7,8 @@ signed unless --abs-cosine asks for the reference's |cos|.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from llm_evo.cli import run_standalone
@@ -29,31 +31,10 @@ from llm_evo.cli.kinship import common_options, run_pair
     "--low-precision", is_flag=True, help="Round each delta tensor to int8 steps of its absmax."
 )
 @common_options
-def merge_cal(
-    model_1: str,
-    model_2: str,
-    model_base: str,
-    metrics: tuple[str, ...],
-    split: bool,
-    low_precision: bool,
-    abs_cosine: bool,
-    device: str,
-    workers: int | None,
-    as_json: bool,
-) -> None:
+def merge_cal(model_1: str, model_2: str, model_base: str, metrics: tuple[str, ...],
+              **options: Any) -> None:
     """Model kinship of MODEL_1 and MODEL_2 against MODEL_BASE (metrics: cs, pcc, ed)."""
-    run_pair(
-        model_1,
-        model_2,
-        model_base,
-        " ".join(metrics),
-        split=split,
-        low_precision=low_precision,
-        abs_cosine=abs_cosine,
-        device=device,
-        workers=workers,
-        as_json=as_json,
-    )
+    run_pair(model_1, model_2, model_base, " ".join(metrics), **options)
 
 
 def main() -> None:

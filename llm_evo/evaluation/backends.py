@@ -68,15 +68,22 @@ def merge_options(spec: WorkerSpec, cuda: bool) -> Any:
     )
 
 
-class DiskBackend:
-    """The safe default: mergekit writes each candidate, the scorer loads it from there."""
+class _Backend:
+    """What every backend keeps: the worker's spec, device, dtype and lm-eval harness."""
 
     def __init__(self, spec: WorkerSpec, device: str, dtype: str, harness: Any = None):
         self.spec = spec
         self.device = device
         self.dtype = dtype
         self.harness = harness
-        self.model_map = dict(spec.model_map)
+        self.model_map = dict(spec.model_map)  # input models rewritten to local copies
+
+
+class DiskBackend(_Backend):
+    """The safe default: mergekit writes each candidate, the scorer loads it from there."""
+
+    def __init__(self, spec: WorkerSpec, device: str, dtype: str, harness: Any = None):
+        super().__init__(spec, device, dtype, harness)
         self._lm: Any = None
 
     def stage(self, job: Job) -> Staged:
@@ -150,17 +157,13 @@ class DiskBackend:
             shutil.rmtree(staged.path, ignore_errors=True)
 
 
-class InMemoryBackend:
+class InMemoryBackend(_Backend):
     """One resident model per worker; each candidate's merged tensors are copied into it."""
 
     def __init__(self, spec: WorkerSpec, device: str, dtype: str, harness: Any = None):
         from llm_evo.evaluation.in_memory import InMemoryMerger, InputCache
 
-        self.spec = spec
-        self.device = device
-        self.dtype = dtype
-        self.harness = harness
-        self.model_map = dict(spec.model_map)
+        super().__init__(spec, device, dtype, harness)
         cuda = spec.merge_cuda and device.startswith("cuda")
         self.merge_device = device if cuda else "cpu"
         self.cache = InputCache(self.merge_device, spec.input_cache)
