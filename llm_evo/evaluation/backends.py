@@ -96,7 +96,12 @@ class DiskBackend(_Backend):
         from mergekit.merge import run_merge
 
         started = time.perf_counter()
-        out = tempfile.mkdtemp(prefix=f"g{job.generation}_c{job.idx}_", dir=self.spec.merge_dir)
+        if job.out_path is not None:  # kept: written beside it, renamed once complete
+            out = job.out_path + ".partial"
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            out = tempfile.mkdtemp(prefix=f"g{job.generation}_c{job.idx}_",
+                                   dir=self.spec.merge_dir)
         try:
             config = MergeConfiguration.model_validate(localize(job.merge_config,
                                                                 self.model_map))
@@ -105,6 +110,10 @@ class DiskBackend(_Backend):
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
+        if job.out_path is not None:
+            shutil.rmtree(job.out_path, ignore_errors=True)
+            os.replace(out, job.out_path)
+            return Staged(key, time.perf_counter() - started, path=job.out_path)
         return Staged(key, time.perf_counter() - started, path=out, owned=True)
 
     def activate(self, job: Job, staged: Staged | None) -> tuple[Staged, float | None, float]:
@@ -180,6 +189,8 @@ class InMemoryBackend(_Backend):
         return passthrough_config(localize(job.model_path, self.model_map), self.dtype)
 
     def stage(self, job: Job, device: str | None = None) -> Staged:
+        if job.out_path is not None:
+            raise ValueError("a merge kept on disk (out_path) needs the on-disk backend")
         started = time.perf_counter()
         tensors = self.merger.staged(self._config(job), device=device)
         return Staged(job_key(job), time.perf_counter() - started, tensors=tensors)

@@ -58,6 +58,9 @@ class Job:
     model_path: str | None = None
     kind: str = "candidate"
     label: str | None = None
+    # Merge into this folder and keep it (a pool member, merged on the worker that scores
+    # it); without it a merge goes to a scratch folder that is deleted after scoring.
+    out_path: str | None = None
 
 
 @dataclass

@@ -184,6 +184,14 @@ class PoolLedger:
                  (status, score, json.dumps(results) if results is not None else None, error,
                   eval_order, t_eval, run_id, name))
 
+    def set_merged(self, run_id: int, name: str, t_merge: float | None) -> None:
+        self._tx("UPDATE pool_models SET t_merge = ? WHERE run_id = ? AND name = ?",
+                 (t_merge, run_id, name))
+
+    def set_merge_failed(self, run_id: int, name: str, error: str) -> None:
+        self._tx("UPDATE pool_models SET status = 'failed', error = ? WHERE run_id = ? AND "
+                 "name = ?", (error, run_id, name))
+
     def mark_deleted(self, run_id: int, name: str, round_: int) -> None:
         self._tx("UPDATE pool_models SET deleted_round = ? WHERE run_id = ? AND name = ?",
                  (round_, run_id, name))

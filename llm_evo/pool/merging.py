@@ -1,14 +1,11 @@
-"""One pairwise merge: its mergekit config, and running it into the storage path.
+"""One pairwise merge's mergekit config.
 
-Pool members are merged on the driver and written to disk because they are kept: the
-top-k is merged again next round, and the final top-k is the result.
+The workers run it (a `Job` with `out_path`): pool members are written to the storage path
+and kept, because the top-k is merged again next round and the final top-k is the result.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
-from pathlib import Path
 from typing import Any
 
 from llm_evo.pool.config import PoolSection
@@ -42,23 +39,3 @@ def pair_merge_config(section: PoolSection, a: str, b: str, base: str) -> dict[s
     if section.dtype:
         cfg["dtype"] = section.dtype
     return cfg
-
-
-def run_pair_merge(config: dict[str, Any], out: Path, *, trust_remote_code: bool = False,
-                   allow_crimes: bool = False) -> float:
-    """Merge into `out` (replaced if present) and return the seconds it took."""
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    started = time.perf_counter()
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        run_merge(MergeConfiguration.model_validate(config), out_path=str(out),
-                  options=MergeOptions(copy_tokenizer=True, trust_remote_code=trust_remote_code,
-                                       allow_crimes=allow_crimes, lazy_unpickle=True,
-                                       write_model_card=False, quiet=True))
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    return time.perf_counter() - started

@@ -1,8 +1,9 @@
 """The greedy pool loop: merge on disk, score on Ray workers, keep the top-k, record lineage.
 
 Ray and lm-eval start once per run (one `WorkerPool`); each round's new models are merged
-by mergekit on the driver into `STORAGE/pool_models/run<N>/`, then scored in parallel as
-`model_path` jobs. A merged model that is not in the top-k after its round is deleted at
+and scored by the workers in parallel: a job merges with mergekit into
+`STORAGE/pool_models/run<N>/<name>` (kept, written beside and renamed once complete), then
+scores it. A merged model that is not in the top-k after its round is deleted at
 once (the user's input models are never touched), so the storage path holds at most the
 top-k plus one round's merges.
 
@@ -28,7 +29,7 @@ from llm_evo.genome import dump_yaml, model_label, resolve_path
 from llm_evo.pool import algorithm as algo
 from llm_evo.pool.config import PoolConfig
 from llm_evo.pool.lineage import ModelRecord, PoolLedger, RoundRecord
-from llm_evo.pool.merging import pair_merge_config, run_pair_merge
+from llm_evo.pool.merging import pair_merge_config
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class PoolRunner:
         self.created: dict[str, int] = {}  # name -> creation order (inputs, then plan order)
         self.input_names: list[str] = []
         self.saved: dict[str, ModelRecord] = {}  # a resumed run's ledger: replayed, not redone
+        self.to_merge: dict[str, dict] = {}  # planned merges: name -> mergekit config
 
     # ---- set-up ----------------------------------------------------------------------------
     def check_models(self) -> None:
@@ -321,30 +323,21 @@ class PoolRunner:
                   f"({self.evaluations} evaluations)" if best else f"round {rnd}: no model")
 
     def _merge(self, rnd: int, name: str, p: algo.PlannedMerge) -> None:
+        """Record a planned merge; `_evaluate` sends it to a worker, which merges and scores."""
         self.merged.add(algo.pair_key(p.a, p.b))
         out = self.models_dir / name
         cfg = pair_merge_config(self.section, self.kin.paths[p.a], self.kin.paths[p.b],
                                 self.base)
         kin = self.kin(p.a, p.b)
-        rec = ModelRecord(name=name, round=rnd, origin="merge", path=str(out), parent_a=p.a,
-                          parent_b=p.b, parent_kinship=None if math.isnan(kin) else kin,
-                          exploration=p.exploration, merge_config=dump_yaml(cfg))
         saved = self.saved.get(name)
         if saved is not None and (saved.status != "pending" or out.is_dir()):
             self._replay_merge(saved)
             return
         self.saved.pop(name, None)  # merged before a crash but gone since: merge it again
-        shutil.rmtree(out, ignore_errors=True)  # a merge cut short by a crash
-        try:
-            t_merge = run_pair_merge(cfg, out, trust_remote_code=self.options.trust_remote_code,
-                                     allow_crimes=self.options.allow_crimes)
-        except Exception as exc:  # noqa: BLE001 - a failed merge is recorded, the run goes on
-            self.failed += 1
-            self._add(ModelRecord(**{**rec.__dict__, "status": "failed",
-                                     "error": f"merge failed: {type(exc).__name__}: {exc}"[:2000]}))
-            return
-        self.kin.paths[name] = str(out)
-        self._add(ModelRecord(**{**rec.__dict__, "t_merge": t_merge}))
+        self.to_merge[name] = cfg
+        self._add(ModelRecord(name=name, round=rnd, origin="merge", path=str(out), parent_a=p.a,
+                              parent_b=p.b, parent_kinship=None if math.isnan(kin) else kin,
+                              exploration=p.exploration, merge_config=dump_yaml(cfg)))
 
     def _evaluate(self, pool, rnd: int, names: list[str]) -> None:
         from llm_evo.progress import GenerationProgress
@@ -359,16 +352,27 @@ class PoolRunner:
         names = [n for n in names if n not in scored]
         if not names:
             return
-        jobs = {i: Job(rnd, i, model_path=self.records[n].path, kind="pool", label=n)
+        jobs = {i: Job(rnd, i, kind="pool", label=n, merge_config=self.to_merge[n],
+                       out_path=self.records[n].path) if n in self.to_merge
+                else Job(rnd, i, model_path=self.records[n].path, kind="pool", label=n)
                 for i, n in enumerate(names)}
         best = max((m.score for m in self.members.values()), default=None)
         progress = GenerationProgress("inputs" if rnd == 0 else f"round {rnd}", len(jobs),
                                       best=best, quiet=self.options.quiet)
 
         def on_result(res: JobResult) -> None:
+            name = names[res.idx]
             ok = res.status == "ok" and res.score is not None
-            self._record_result(names[res.idx], ok, res.score, res.results, res.error,
-                                res.t_eval, write=True)
+            if self.to_merge.pop(name, None) is not None:
+                if res.t_merge is None:  # the merge itself failed: not an evaluation
+                    self._merge_failed(name, res.error)
+                    progress.update(None)
+                    return
+                self.kin.paths[name] = self.records[name].path
+                self.ledger.set_merged(self.run_id, name, res.t_merge)
+                self.records[name] = replace(self.records[name], t_merge=res.t_merge)
+            self._record_result(name, ok, res.score, res.results, res.error, res.t_eval,
+                                write=True)
             progress.update(res.score if ok else None)
 
         pool.run(list(jobs.values()), on_result)
@@ -396,6 +400,12 @@ class PoolRunner:
         self.records[rec.name] = rec
         if rec.name not in self.saved:  # a resumed run's records stay as they are
             self.ledger.add_model(self.run_id, rec)
+
+    def _merge_failed(self, name: str, error: str | None) -> None:
+        self.failed += 1
+        error = f"merge failed: {error}"[:2000]
+        self.ledger.set_merge_failed(self.run_id, name, error)
+        self.records[name] = replace(self.records[name], status="failed", error=error)
 
     def _replay_merge(self, saved: ModelRecord) -> None:
         """A merge on record: as it stood before it was scored; its result is replayed by

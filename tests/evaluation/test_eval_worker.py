@@ -71,6 +71,25 @@ def test_failed_merge_is_a_failed_result_not_an_exception(worker, genome, tmp_pa
     assert res.error and len(res.error) < 2100 and "\n" not in res.error.strip()
 
 
+def test_a_kept_merge_is_written_to_its_out_path(worker, genome, tmp_path):
+    """Pool members: merged and scored on the worker, kept where the job says."""
+    out = tmp_path / "member"
+    cfg = genome.merge_config_dict(genome.space.initial, "float32")
+    res = worker.evaluate(Job(1, 0, merge_config=cfg, out_path=str(out), kind="pool"))
+    assert res.status == "ok", res.error
+    assert res.t_merge > 0 and (out / "config.json").is_file()
+    assert not Path(f"{out}.partial").exists()
+    assert not list(Path(worker.spec.merge_dir).iterdir())  # nothing in the scratch folder
+
+    # a failed merge leaves neither the folder nor a partial one, and says it never merged
+    for sl in cfg["slices"]:
+        sl["sources"][0]["model"] = str(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    res = worker.evaluate(Job(1, 1, merge_config=cfg, out_path=str(bad), kind="pool"))
+    assert res.status == "failed" and res.t_merge is None and res.error
+    assert not bad.exists() and not Path(f"{bad}.partial").exists()
+
+
 def test_unknown_metric_fails_the_candidate(tiny_family, tmp_path):
     root = family_dir(tiny_family)
     spec = WorkerSpec(tasks=(TaskSpec(TASKS[0], 1.0, "f1,none"),),
