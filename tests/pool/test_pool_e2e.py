@@ -111,3 +111,40 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, pool_models):
                               str(tmp_path / "s")), "pool.models[3]")
     assert_one_line_error(cli("llm-evo", "pool", str(tmp_path / "none.yml"), "--storage-path",
                               str(tmp_path / "s")), "not found")
+
+
+@pytest.mark.slow
+def test_a_failed_merge_is_recorded_and_the_round_goes_on(tmp_path, pool_models):
+    """A member missing a tensor still loads (transformers fills it in), but every merge
+    with it fails on the worker: recorded with the error, not counted, the run finishes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(pool_models["models"][0], broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["model.layers.0.mlp.up_proj.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    models = dict(pool_models, models=[*pool_models["models"][:2], broken])
+    config = write_pool_config(tmp_path, models, max_rounds=1, exploration=False)
+    storage = tmp_path / "pool"
+    proc = cli("llm-evo", "pool", str(config), "--storage-path", str(storage),
+               "--num-workers", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    db = sqlite3.connect(storage / "llm_evo_pool.sqlite")
+    rows = db.execute("SELECT name, parent_a, parent_b, status, error, eval_order, t_merge "
+                      "FROM pool_models WHERE origin = 'merge'").fetchall()
+    assert len(rows) == 3  # every pair of the three inputs
+    failed = [r for r in rows if "broken" in (r[1], r[2])]
+    assert len(failed) == 2
+    for r in failed:
+        assert r[3] == "failed" and r[4].startswith("merge failed: ") and r[5] is None, r
+        assert not (storage / "pool_models" / "run1" / r[0]).exists()
+        assert not (storage / "pool_models" / "run1" / f"{r[0]}.partial").exists()
+    (good,) = [r for r in rows if "broken" not in (r[1], r[2])]
+    assert good[3] == "ok" and good[5] is not None and good[6] > 0  # merged on a worker
+    status, evaluations = db.execute(
+        "SELECT p.status, (SELECT COUNT(*) FROM pool_models WHERE eval_order IS NOT NULL) "
+        "FROM pool_runs p").fetchone()
+    assert status == "finished" and evaluations == 4  # 3 inputs + 1 merge; failures not counted
