@@ -150,7 +150,9 @@ def main() -> None:
     root = args.dir or Path(tempfile.mkdtemp(prefix="kinship-bench-"))
     base, fts = root / "base", [root / f"ft{i}" for i in range(len(SHARED))]
     pair, family = [fts[0], fts[1], base], [*fts, base]
-    exe = shutil.which("llm-evo") or "llm-evo"
+    # the console script of this interpreter's environment, activated or not
+    beside = Path(sys.executable).parent / "llm-evo"
+    exe = str(beside) if beside.is_file() else shutil.which("llm-evo") or "llm-evo"
     runs = [
         ("kinship A B BASE", pair, [exe, "kinship", *map(str, pair), "-m", "cs,pcc,ed", "--json"]),
         (
