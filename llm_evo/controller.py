@@ -25,6 +25,7 @@ from llm_evo.errors import ConfigError, InvalidGenotypeError
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.genome import Genome
 from llm_evo.kinship_search import KinshipSearch
+from llm_evo.options import SessionOptions
 from llm_evo.progress import GenerationProgress
 from llm_evo.storage import CandidateRecord, RunStorage
 from llm_evo.strategies import Strategy, make_strategy
@@ -33,24 +34,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class RunOptions(SessionOptions):
     """Run-time choices that are not part of the search definition (mostly CLI flags)."""
 
-    storage_path: str
-    ray_address: str | None = None
-    num_workers: int | None = None
-    num_gpus: int | None = None
     merge_cuda: bool = True
-    trust_remote_code: bool = False
-    allow_crimes: bool = False
-    task_search_paths: tuple[str, ...] = ()  # added to the config's evaluation.task_search_path
-    config_dir: str | None = None  # where relative paths in the config may also resolve
     save_final_model: bool = False
     scheduling: str = "pool"
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)
-    quiet: bool = False
     resume: bool = False  # insist on continuing a run (an error if there is none)
-    force_new_run: bool = False  # start a new run even if the path holds another config's
     wandb_overrides: dict[str, Any] = field(default_factory=dict)
 
 

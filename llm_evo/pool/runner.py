@@ -26,6 +26,7 @@ from pathlib import Path
 from llm_evo.errors import ConfigError
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.genome import dump_yaml, model_label, resolve_path
+from llm_evo.options import SessionOptions
 from llm_evo.pool import algorithm as algo
 from llm_evo.pool.config import PoolConfig
 from llm_evo.pool.lineage import ModelRecord, PoolLedger, RoundRecord
@@ -35,19 +36,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PoolOptions:
-    """Run-time choices that are not part of the pool definition (CLI flags)."""
-
-    storage_path: str
-    ray_address: str | None = None
-    num_workers: int | None = None
-    num_gpus: int | None = None
-    task_search_paths: tuple[str, ...] = ()
-    config_dir: str | None = None
-    trust_remote_code: bool = False
-    allow_crimes: bool = False
-    quiet: bool = False
-    force_new_run: bool = False
+class PoolOptions(SessionOptions):
+    """Run-time choices that are not part of the pool definition (CLI flags): so far, only
+    the ones every session has."""
 
 
 @dataclass
