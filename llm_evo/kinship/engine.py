@@ -31,6 +31,7 @@ class StreamReport:
     non_float: tuple[str, ...] = ()  # integer or bool buffers
     warnings: tuple[str, ...] = ()
     elapsed_s: float = 0.0
+    kernel: str = ""  # what folded the bytes: "c" or "numpy" (fast.py), or "torch" (stats.py)
 
     @property
     def tensors_skipped(self) -> int:
@@ -207,8 +208,12 @@ def stream_gram(
     fast_items = _fast_items(plan, base_reader, readers) if (
         acc.device == "cpu" and not low_precision) else None
     if fast_items is not None:
+        from llm_evo.kinship.fast import kernel
+
+        kind = kernel(len(readers))
         elements, bytes_read = _fast_pass(fast_items, base_reader, readers, acc, labels, progress)
     else:
+        kind = "torch"
         with acc:
             for i, (name, rows) in enumerate(plan.items):
                 if progress is not None:
@@ -234,5 +239,6 @@ def stream_gram(
         non_float=tuple(plan.non_float),
         warnings=tuple(plan.warnings),
         elapsed_s=time.perf_counter() - start,
+        kernel=kind,
     )
     return acc, report

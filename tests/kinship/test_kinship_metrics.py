@@ -40,6 +40,7 @@ def test_metrics_match_numpy(ck, tmp_path, dtype, split, kinship_kernel):
     assert got.tensors_compared == len(ck.SHAPES)
     assert got.tensors_skipped == 0
     assert got.report.elements_compared == sum(math.prod(s) for s in ck.SHAPES.values())
+    assert got.report.kernel == kinship_kernel  # the pass the test asked for is the one used
     assert got.warnings == ()
 
 
