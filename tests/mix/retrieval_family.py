@@ -83,6 +83,26 @@ def _copy_st_files(base: Path, out: Path) -> None:
         shutil.copytree(base / "1_Pooling", out / "1_Pooling", dirs_exist_ok=True)
 
 
+def _train(model, tok, task: str, out: Path, batch_loss, steps: int,  # noqa: ANN001
+           batch: int, lr: float, seed: int) -> Path:
+    """AdamW steps on random batches of the task's training triples, then save to `out`."""
+    import torch
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    rows = make_examples(task, "train", n_neg=1, seed=seed)
+    rng = random.Random(seed)
+    for _ in range(steps):
+        loss = batch_loss(rng.sample(rows, batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def finetune_encoder(base: Path, task: str, out: Path, steps: int = 30, batch: int = 16,
                      lr: float = 5e-5, seed: int = 0) -> Path:
     """MultipleNegativesRankingLoss (scale 20) with in-batch and hard negatives."""
@@ -92,27 +112,18 @@ def finetune_encoder(base: Path, task: str, out: Path, steps: int = 30, batch: i
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModel.from_pretrained(base, dtype=torch.float32)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    rows = make_examples(task, "train", n_neg=1, seed=seed)
-    rng = random.Random(seed)
 
     def embed(texts: list[str]):  # noqa: ANN202
         inputs = tok(texts, padding=True, return_tensors="pt")
         hidden = model(**inputs).last_hidden_state
         return torch.nn.functional.normalize(_mean_pool(hidden, inputs["attention_mask"]), dim=-1)
 
-    for _ in range(steps):
-        chunk = rng.sample(rows, batch)
+    def batch_loss(chunk: list[dict]):  # noqa: ANN202
         q = embed([r["query"] for r in chunk])
         p = embed([r["pos"][0] for r in chunk] + [r["neg"][0] for r in chunk])
-        loss = torch.nn.functional.cross_entropy(20.0 * q @ p.T, torch.arange(batch))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+        return torch.nn.functional.cross_entropy(20.0 * q @ p.T, torch.arange(len(chunk)))
+
+    _train(model, tok, task, out, batch_loss, steps, batch, lr, seed)
     _copy_st_files(base, out)
     return out
 
@@ -127,24 +138,16 @@ def finetune_reranker(base: Path, task: str, out: Path, steps: int = 30, batch: 
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1,
                                                                dtype=torch.float32)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    rows = make_examples(task, "train", n_neg=1, seed=seed)
-    rng = random.Random(seed)
-    for _ in range(steps):
-        chunk = rng.sample(rows, batch)
+
+    def batch_loss(chunk: list[dict]):  # noqa: ANN202
         queries = [r["query"] for r in chunk for _ in range(2)]
         passages = [p for r in chunk for p in (r["pos"][0], r["neg"][0])]
         inputs = tok(queries, passages, padding=True, return_tensors="pt")
-        logits = model(**inputs).logits.view(batch, 2)
-        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+        logits = model(**inputs).logits.view(len(chunk), 2)
+        return torch.nn.functional.cross_entropy(logits,
+                                                 torch.zeros(len(chunk), dtype=torch.long))
+
+    return _train(model, tok, task, out, batch_loss, steps, batch, lr, seed)
 
 
 def build(root: Path, steps: int = 30) -> dict:
