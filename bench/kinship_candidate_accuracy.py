@@ -15,7 +15,6 @@ can beat.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +26,9 @@ from _table import markdown_table  # bench/, the script's own folder
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from make_pool_seeds import mixed_delta_model  # noqa: E402 - scripts/
 
 from llm_evo.config import GenomeConfig  # noqa: E402
 from llm_evo.genome import Genome  # noqa: E402
@@ -35,22 +37,6 @@ from llm_evo.kinship.candidate import build_delta_stats, candidate_kinship  # no
 from llm_evo.kinship.layout import tensor_slots  # noqa: E402
 
 METHODS = ("linear", "task_arithmetic", "slerp", "ties", "dare_ties")
-
-
-def mixed_model(family: Path, out: Path) -> Path:
-    """base + per-tensor random mixes of the two fine-tunes' deltas (a third direction)."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(family / "ft_arith", out)
-    b, a, c = (load_file(f"{family / m}/model.safetensors")
-               for m in ("base", "ft_arith", "ft_category"))
-    gen = torch.Generator().manual_seed(5)
-    state = {}
-    for name in b:
-        x, y = (torch.rand(2, generator=gen) * 1.7 - 0.5).tolist()
-        state[name] = (b[name] + x * (a[name] - b[name]) + y * (c[name] - b[name])).contiguous()
-    save_file(state, str(out / "model.safetensors"))
-    return out
 
 
 def merge(genome: Genome, genotypes: list, out: Path, seed: int) -> list[str]:
@@ -86,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         base = str(args.family / "base")
         three = [str(args.family / "ft_arith"), str(args.family / "ft_category"),
-                 str(mixed_model(args.family, tmp / "ft_mix"))]
+                 str(mixed_delta_model(args.family, tmp / "ft_mix"))]
         for method in args.methods:
             models = three[:2] if method == "slerp" else three
             cfg = GenomeConfig(models=models, merge_method=method, base_model=base,

@@ -73,6 +73,25 @@ def build_seeds(family: str | Path, out: str | Path, names: list[str] | None = N
     return done
 
 
+def mixed_delta_model(family: str | Path, out: str | Path, seed: int = 5) -> Path:
+    """base + a random mix of the two fine-tunes' deltas per tensor: a third relative whose
+    delta follows neither fine-tune (for the candidate-kinship tests and bench)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    family, out = Path(family), Path(out)
+    shutil.copytree(family / "ft_arith", out)
+    b, a, c = (load_file(f"{family / m}/model.safetensors")
+               for m in ("base", "ft_arith", "ft_category"))
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name in b:
+        x, y = (torch.rand(2, generator=gen) * 1.7 - 0.5).tolist()
+        state[name] = (b[name] + x * (a[name] - b[name]) + y * (c[name] - b[name])).contiguous()
+    save_file(state, str(out / "model.safetensors"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="models/tiny")

@@ -8,13 +8,11 @@ than two directions to combine.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from llm_evo.config import GenomeConfig
 from llm_evo.errors import ConfigError
@@ -22,6 +20,7 @@ from llm_evo.genome import Genome
 from llm_evo.kinship import kinship_matrix
 from llm_evo.kinship.candidate import build_delta_stats, candidate_kinship
 from llm_evo.kinship.layout import assign_slots, tensor_slots
+from tests.conftest import _load_script
 from tests.e2e_helpers import family_dir
 
 N_GENOTYPES = 10
@@ -32,15 +31,8 @@ SKETCH = 32768  # the KinshipConfig default
 def family(tiny_family, tmp_path_factory) -> dict:
     root = family_dir(tiny_family)
     base, arith, category = (str(root / m) for m in ("base", "ft_arith", "ft_category"))
-    mix = tmp_path_factory.mktemp("family") / "ft_mix"
-    shutil.copytree(arith, mix)
-    b, a, c = (load_file(f"{p}/model.safetensors") for p in (base, arith, category))
-    gen = torch.Generator().manual_seed(5)
-    state = {}
-    for name in b:
-        x, y = (torch.rand(2, generator=gen) * 1.7 - 0.5).tolist()
-        state[name] = (b[name] + x * (a[name] - b[name]) + y * (c[name] - b[name])).contiguous()
-    save_file(state, str(mix / "model.safetensors"))
+    mix = _load_script("make_pool_seeds").mixed_delta_model(
+        root, tmp_path_factory.mktemp("family") / "ft_mix")
     return {"base": base, "models": [arith, category, str(mix)]}
 
 
