@@ -11,7 +11,7 @@ exact in float64; only the order of the float64 sums differs):
 - `c`: `_gram.c`, built at install time where a C compiler is found. One pass over the raw
   bytes decodes, subtracts and accumulates in registers, with the GIL released.
 - `numpy`: five numpy calls per chunk (decode to float32, subtract, widen to float64, sum,
-  dot), about three times the CPU time. Used where `_gram` was not built.
+  dot), three times the arithmetic, twice the whole pass. Used where `_gram` was not built.
 `LLM_EVO_KINSHIP_KERNEL=numpy` (or `c`) picks one; the default takes `c` where it exists.
 
 Used by `stream_gram` when every checkpoint is safetensors, the device is the CPU, and no
