@@ -36,17 +36,22 @@
 #define MULTIVERSION
 #endif
 
-/* fp16 -> fp32 without F16C or _Float16, exactly: the exponent and mantissa bits moved into
- * float32's place are the value times 2^-112 (subnormals included), so one multiply by 2^112
- * rescales; inf / NaN (>= 2^16 after it) get float32's all-ones exponent. Vectorises. */
+/* fp16 -> fp32 without F16C or _Float16, exactly: a normal half's exponent and mantissa
+ * bits moved into float32's place are its value times 2^-112, so one multiply by 2^112
+ * rescales; inf / NaN (>= 2^16 after it) get float32's all-ones exponent. Subnormals are
+ * their mantissa times 2^-24, computed from the integer so that a CPU flushing float32
+ * denormals (DAZ) still decodes them. Vectorises. */
 static inline float half_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)(h & 0x7fffu) << 13;
-    float f;
+    uint32_t em = h & 0x7fffu, bits = em << 13, sub_bits;
+    uint32_t is_sub = 0u - (uint32_t)(em < 0x400u); /* branch-free, so loops vectorise */
+    float f, sub = (float)em * 0x1p-24f;
     memcpy(&f, &bits, 4);
     f *= 0x1p112f;
     memcpy(&bits, &f, 4);
-    if (f >= 65536.0f) bits |= 0x7f800000u;
-    bits |= (uint32_t)(h & 0x8000u) << 16;
+    memcpy(&sub_bits, &sub, 4);
+    bits = (bits & ~is_sub) | (sub_bits & is_sub);
+    bits |= ((0u - (uint32_t)(bits >= 0x47800000u)) & 0x7f800000u) /* >= 2^16: inf, NaN */
+            | ((uint32_t)(h & 0x8000u) << 16);
     memcpy(&f, &bits, 4);
     return f;
 }

@@ -23,11 +23,15 @@ HELPER INLINE SUFFIX(vd) SUFFIX(load)(const uint8_t *row, const int CODE, Py_ssi
         SUFFIX(vh) h;
         memcpy(&h, row + 2 * t, sizeof h);
         SUFFIX(vu) wide = __builtin_convertvector(h, SUFFIX(vu));
-        SUFFIX(vu) bits = (wide & 0x7fffu) << 13;
-        SUFFIX(vf) f;
+        SUFFIX(vu) em = wide & 0x7fffu, bits = em << 13, sub_bits;
+        SUFFIX(vf) f, sub = __builtin_convertvector(em, SUFFIX(vf)) * 0x1p-24f;
         memcpy(&f, &bits, sizeof f);
         f *= 0x1p112f;
         memcpy(&bits, &f, sizeof f);
+        memcpy(&sub_bits, &sub, sizeof sub);
+        SUFFIX(vu) is_sub = (SUFFIX(vu))(em < 0x400u); /* all ones where subnormal or zero */
+        bits = (bits & ~is_sub) | (sub_bits & is_sub);
+        memcpy(&f, &bits, sizeof f);
         SUFFIX(vi) special = f >= 65536.0f; /* all ones where inf or NaN */
         bits |= ((SUFFIX(vu))special & 0x7f800000u) | ((wide & 0x8000u) << 16);
         memcpy(&f, &bits, sizeof f);
