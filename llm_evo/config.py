@@ -226,6 +226,18 @@ class ScoringConfig(_Frozen):
             return self.evaluation.apply_chat_template
         return self.apply_chat_template
 
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def identity(self) -> dict[str, Any]:
+        """What defines the run, for its hash and the resume check: the whole config
+        (RunConfig leaves out where it runs and logs)."""
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
 
 class RunConfig(ScoringConfig):
     """A whole run: mergekit-evolve's schema plus llm-evo's optional sections."""
@@ -245,9 +257,6 @@ class RunConfig(ScoringConfig):
             raise ValueError("search.init: data sets merge weights; slerp has none")
         return self
 
-    def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
-
     def identity(self) -> dict[str, Any]:
         """What defines the search, minus where it runs and where it logs: resuming with
         W&B switched on, or with the LLM server on another port, is the same run."""
@@ -255,10 +264,6 @@ class RunConfig(ScoringConfig):
         data.pop("wandb")
         data["llm"].pop("base_url")
         return data
-
-    def config_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -274,14 +279,21 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return lines
 
 
-def resume_diff(stored_json: str, config: RunConfig) -> list[str]:
-    """What stops `config` from continuing a run stored as `stored_json` (empty: nothing).
+def resume_diff(stored_json: str, config: ScoringConfig) -> list[str]:
+    """What stops `config` (a run or a pool config) from continuing a run stored as
+    `stored_json` (empty: nothing).
 
     The stored config is read with today's schema, so a field added since that run takes
     its default on both sides, and an upgrade alone never blocks a resume.
     """
-    stored = RunConfig.model_validate_json(stored_json)
+    stored = type(config).model_validate_json(stored_json)
     return config_diff(stored.identity(), config.identity())
+
+
+def format_diff(lines: list[str], most: int = 6) -> str:
+    """`config_diff` lines on one line, the first `most` of them and a count of the rest."""
+    return "; ".join(lines[:most]) + (f"; +{len(lines) - most} more" if len(lines) > most
+                                      else "")
 
 
 def format_validation_error(exc: ValidationError, source: str, what: str = "config") -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from llm_evo import __version__
-from llm_evo.config import RunConfig, resume_diff
+from llm_evo.config import RunConfig, format_diff, resume_diff
 from llm_evo.errors import ConfigError, InvalidGenotypeError
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.genome import Genome
@@ -206,10 +206,9 @@ class Controller:
             diff = (resume_diff(latest["config_json"], self.config)
                     if latest["config_hash"] != want else [])
             if diff:
-                shown = "; ".join(diff[:6]) + (f"; +{len(diff) - 6} more" if len(diff) > 6
-                                               else "")
                 raise ConfigError(
-                    f"{self.root} holds run {latest['id']} of a different config ({shown}); "
+                    f"{self.root} holds run {latest['id']} of a different config "
+                    f"({format_diff(diff)}); "
                     "pass --force-new-run to start a new run there"
                 )
             return self._resume(latest["id"], strategy)

@@ -8,8 +8,6 @@ the two kinds of config apart.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,12 +79,6 @@ class PoolConfig(ScoringConfig):
         if self.evaluation.in_memory:
             raise ValueError("evaluation.in_memory is not supported by llm-evo pool")
         return self
-
-    def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
-
-    def config_hash(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
 
 def is_pool_config(data: Any) -> bool:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from llm_evo.config import format_diff, resume_diff
 from llm_evo.errors import ConfigError
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.genome import dump_yaml, model_label, resolve_path
@@ -170,11 +171,13 @@ class PoolRunner:
         if status == "finished":
             raise ConfigError(f"{self.root} already holds pool run {run_id} (finished); use a "
                               "new --storage-path or pass --force-new-run")
-        if previous["config_hash"] != self.config.config_hash():
-            diff = _config_diff(previous["config_json"], self.config)
+        diff = (resume_diff(previous["config_json"], self.config)
+                if previous["config_hash"] != self.config.config_hash() else [])
+        if diff:
             raise ConfigError(
                 f"{self.root} already holds pool run {run_id} ({status}) of a different config "
-                f"({diff}); resume it with the same config and flags, or pass --force-new-run")
+                f"({format_diff(diff)}); resume it with the same config and flags, or pass "
+                "--force-new-run")
         self.saved = {m.name: m for m in ledger.models(run_id)}
         ledger.reopen_run(run_id)
         done = sum(m.eval_order is not None for m in self.saved.values())
@@ -421,16 +424,6 @@ class PoolRunner:
         self.members.pop(name, None)
         self.records[name] = ModelRecord(**{**rec.__dict__, "deleted_round": rnd})
         self.ledger.mark_deleted(self.run_id, name, rnd)
-
-
-def _config_diff(stored_json: str, config: PoolConfig) -> str:
-    """`field: old -> new` for what differs between a stored pool config and this one."""
-    import json
-
-    from llm_evo.config import config_diff
-
-    lines = config_diff(json.loads(stored_json), json.loads(config.canonical_json()))
-    return "; ".join(lines[:6]) + (f"; +{len(lines) - 6} more" if len(lines) > 6 else "")
 
 
 def _unique_labels(paths: list[str]) -> list[str]:

@@ -102,3 +102,20 @@ def test_an_unfinished_run_of_another_config_is_not_resumed(tmp_path, pool_model
         cli("llm-evo", "pool", str(config), "--storage-path", str(tmp_path / "s")),
         "already holds pool run 1 (running) of a different config", "pool.top_k: 2 -> 3",
         "--force-new-run")
+
+
+def test_an_upgrade_alone_does_not_block_a_resume(tmp_path, pool_models):
+    """A stored config without a field added since (so another hash) still resumes: it is
+    read with today's schema, as `llm-evo run` does."""
+    from llm_evo.pool.runner import PoolOptions, PoolRunner
+
+    config = load_pool_config(write_pool_config(tmp_path, pool_models))
+    old = json.loads(config.canonical_json())
+    del old["pool"]["dtype"]  # as if written before pool.dtype existed (it is at its default)
+    ledger = PoolLedger(tmp_path / "s")
+    run_id = ledger.create_run(json.dumps(old), "an-older-hash", {})
+    said = []
+    runner = PoolRunner(config, PoolOptions(storage_path=str(tmp_path / "s")), echo=said.append)
+    assert runner._open_run(ledger) == run_id
+    assert said and said[0].startswith("resuming pool run 1 (running)")
+    ledger.close()
