@@ -140,28 +140,30 @@ def _explain(plan: _Plan, base: CheckpointReader, models: Sequence[CheckpointRea
 
 
 def _fast_items(plan: _Plan, base: CheckpointReader, models: Sequence[CheckpointReader]
-                ) -> list[tuple[str, int]] | None:
-    """(name, elements to compare) for the torch-free pass, or None where it cannot read."""
+                ) -> tuple[list[tuple[str, int]], list[list[TensorInfo]]] | None:
+    """(name, elements to compare) and the tensors' infos (base first) for the torch-free
+    pass, or None where it cannot read them."""
     from llm_evo.kinship.fast import supports
 
-    items = []
+    items, infos = [], []
     for name, rows in plan.items:
-        infos = [r.info(name) for r in (base, *models)]
-        if not supports(infos):
+        row = [r.info(name) for r in (base, *models)]
+        if not supports(row):
             return None
-        shape = infos[0].shape
-        n = infos[0].numel if rows is None else rows * (infos[0].numel // shape[0])
+        shape = row[0].shape
+        n = row[0].numel if rows is None else rows * (row[0].numel // shape[0])
         items.append((name, n))
-    return items
+        infos.append(row)
+    return items, infos
 
 
-def _fast_pass(items: list[tuple[str, int]], base: CheckpointReader,
-               models: Sequence[CheckpointReader], acc: GramAccumulator, labels: list[str],
-               progress: Callable[[int, int, str], None] | None) -> tuple[int, int]:
-    """The torch-free pass (fast.py) into `acc`; returns (elements compared, bytes read)."""
+def _fast_pass(items: list[tuple[str, int]], infos: list[list[TensorInfo]], k: int,
+               acc: GramAccumulator, labels: list[str],
+               progress: Callable[[int, int, str], None] | None) -> tuple[int, int, str]:
+    """The torch-free pass (fast.py) into `acc`; returns (elements compared, bytes read,
+    kernel)."""
     from llm_evo.kinship.fast import gram_pass
 
-    readers = (base, *models)
     done = iter(range(len(items)))
 
     def record(name: str, stats) -> None:  # noqa: ANN001 - GramStats
@@ -169,10 +171,10 @@ def _fast_pass(items: list[tuple[str, int]], base: CheckpointReader,
             progress(next(done), len(items), name)
         acc.record(name, stats)
 
-    gram_pass(items, [[r.info(name) for r in readers] for name, _ in items], len(models),
-              labels=labels, workers=acc.workers, on_tensor=record)
+    kind = gram_pass(items, infos, k, labels=labels, workers=acc.workers, on_tensor=record)
     elements = sum(n for _, n in items)
-    return elements, sum(n * r.info(name).element_size for name, n in items for r in readers)
+    read = sum(n * i.element_size for (_, n), row in zip(items, infos, strict=True) for i in row)
+    return elements, read, kind
 
 
 def stream_gram(
@@ -205,13 +207,10 @@ def stream_gram(
         workers=workers,
         labels=labels,
     )
-    fast_items = _fast_items(plan, base_reader, readers) if (
+    fast = _fast_items(plan, base_reader, readers) if (
         acc.device == "cpu" and not low_precision) else None
-    if fast_items is not None:
-        from llm_evo.kinship.fast import kernel
-
-        kind = kernel(len(readers))
-        elements, bytes_read = _fast_pass(fast_items, base_reader, readers, acc, labels, progress)
+    if fast is not None:
+        elements, bytes_read, kind = _fast_pass(*fast, len(readers), acc, labels, progress)
     else:
         kind = "torch"
         with acc:

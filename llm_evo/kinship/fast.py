@@ -63,17 +63,15 @@ def kernel(k: int) -> str:
         raise ConfigError(f"LLM_EVO_KINSHIP_KERNEL={want}: expected auto, c or numpy")
     if want == "numpy":
         return "numpy"
-    gram = _c_kernel()
-    if gram is not None and k <= gram.MAXK:
+    if _gram is not None and k <= _gram.MAXK:
         return "c"
     if want == "c":
-        raise ConfigError("LLM_EVO_KINSHIP_KERNEL=c, but llm_evo.kinship._gram was not built "
-                          f"(or takes at most 32 models, not {k}); reinstall with a C compiler")
+        if _gram is None:
+            raise ConfigError("LLM_EVO_KINSHIP_KERNEL=c, but llm_evo.kinship._gram was not "
+                              "built; reinstall with a C compiler")
+        raise ConfigError(f"LLM_EVO_KINSHIP_KERNEL=c: the kernel takes at most {_gram.MAXK} "
+                          f"models, not {k}")
     return "numpy"
-
-
-def _c_kernel():  # noqa: ANN202 - the extension module, or None
-    return _gram
 
 
 def supports(infos: Sequence[TensorInfo]) -> bool:
@@ -139,11 +137,12 @@ def gram_pass(
     workers: int,
     chunk: int | None = None,
     on_tensor: Callable[[str, GramStats], None],
-) -> None:
+) -> str:
     """Statistics of each item (name, elements to compare); `infos[t]` is (base, model 1..k).
 
     `on_tensor(name, stats)` is called once per tensor, in `items` order, after all its
-    chunks are in. Raises ConfigError naming the tensor and checkpoint on NaN or inf.
+    chunks are in. Returns the kernel that did the arithmetic (`c` or `numpy`). Raises
+    ConfigError naming the tensor and checkpoint on NaN or inf.
     """
     kind = kernel(k)
     chunk = chunk or chunk_size(k, kind)
@@ -199,6 +198,7 @@ def gram_pass(
         if not stats.is_finite():
             _raise_non_finite(name, n, infos[t], labels)
         on_tensor(name, stats)
+    return kind
 
 
 def _read(scratch: _Scratch, name: str, row: Sequence[TensorInfo], files: dict[str, _File],
