@@ -320,14 +320,14 @@ class PoolRunner:
         """Record a planned merge; `_evaluate` sends it to a worker, which merges and scores."""
         self.merged.add(algo.pair_key(p.a, p.b))
         out = self.models_dir / name
-        cfg = pair_merge_config(self.section, self.kin.paths[p.a], self.kin.paths[p.b],
-                                self.base)
-        kin = self.kin(p.a, p.b)
         saved = self.saved.get(name)
         if saved is not None and (saved.status != "pending" or out.is_dir()):
             self._replay_merge(saved)
             return
         self.saved.pop(name, None)  # merged before a crash but gone since: merge it again
+        cfg = pair_merge_config(self.section, self.kin.paths[p.a], self.kin.paths[p.b],
+                                self.base)
+        kin = self.kin(p.a, p.b)
         self.to_merge[name] = cfg
         self._add(ModelRecord(name=name, round=rnd, origin="merge", path=str(out), parent_a=p.a,
                               parent_b=p.b, parent_kinship=None if math.isnan(kin) else kin,
@@ -422,7 +422,7 @@ class PoolRunner:
             return
         shutil.rmtree(path, ignore_errors=True)
         self.members.pop(name, None)
-        self.records[name] = ModelRecord(**{**rec.__dict__, "deleted_round": rnd})
+        self.records[name] = replace(rec, deleted_round=rnd)
         self.ledger.mark_deleted(self.run_id, name, rnd)
 
 
