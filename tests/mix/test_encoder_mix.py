@@ -21,6 +21,14 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _mix_cli(models: list[str], data: Path, out: Path) -> dict:
+    """`llm-evo mix --example-data ... --json` with 3 hard negatives; its JSON result."""
+    proc = cli("llm-evo", "mix", *models, "--example-data", str(data), "--neg-number", "3",
+               "--out", str(out), "--json", env=_env())
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def test_kinds(retrieval_family):
     assert model_kind(retrieval_family["encoders"]["color"]) == "encoder"
     assert model_kind(retrieval_family["rerankers"]["color"]) == "reranker"
@@ -42,10 +50,7 @@ def test_encoder_mix_weights_favour_the_skill_and_load_everywhere(retrieval_fami
     root = Path(retrieval_family["root"])
     models = [retrieval_family["encoders"]["color"], retrieval_family["encoders"]["animal"]]
     out = tmp_path / "enc_mix"
-    proc = cli("llm-evo", "mix", *models, "--example-data", str(root / "color_test.jsonl"),
-               "--neg-number", "3", "--out", str(out), "--json", env=_env())
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = _mix_cli(models, root / "color_test.jsonl", out)
     assert result["losses"][0] < result["losses"][1]
     assert result["weights"][0] > result["weights"][1]
     assert result["warnings"] == []
@@ -74,10 +79,7 @@ def test_reranker_mix(retrieval_family, tmp_path):
     root = Path(retrieval_family["root"])
     models = [retrieval_family["rerankers"]["color"], retrieval_family["rerankers"]["animal"]]
     out = tmp_path / "rr_mix"
-    proc = cli("llm-evo", "mix", *models, "--example-data", str(root / "animal_test.jsonl"),
-               "--neg-number", "3", "--out", str(out), "--json", env=_env())
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = _mix_cli(models, root / "animal_test.jsonl", out)
     assert result["losses"][1] < result["losses"][0]
     assert result["weights"][1] > result["weights"][0]
 
