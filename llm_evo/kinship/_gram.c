@@ -146,6 +146,8 @@ static int have_w8(void) {
 #endif
 }
 
+static int W8_OK; /* have_w8(), asked once when the module loads, not once per chunk */
+
 static void run(const uint8_t *raw, Py_ssize_t stride, const char *codes, int k, Py_ssize_t m,
                 double *gram, double *sums, int kernel) {
     int same = 1;
@@ -155,7 +157,7 @@ static void run(const uint8_t *raw, Py_ssize_t stride, const char *codes, int k,
         return;
     }
 #ifdef HAVE_W8
-    if (kernel != 4 && have_w8()) {
+    if (kernel != 4 && W8_OK) {
         run_small_w8(raw, stride, codes[0], k, m, gram, sums);
         return;
     }
@@ -187,7 +189,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    if (kernel != 0 && kernel != 1 && kernel != 4 && !(kernel == 8 && have_w8())) {
+    if (kernel != 0 && kernel != 1 && kernel != 4 && !(kernel == 8 && W8_OK)) {
         PyErr_Format(PyExc_ValueError, "kernel %d is not available here", kernel);
         goto done;
     }
@@ -211,7 +213,8 @@ done:
 
 static PyMethodDef METHODS[] = {
     {"accumulate", accumulate, METH_VARARGS,
-     "accumulate(raw, stride, codes, m, gram, sums): add one chunk's delta statistics."},
+     "accumulate(raw, stride, codes, m, gram, sums, kernel=0): add one chunk's delta "
+     "statistics."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -220,9 +223,10 @@ static struct PyModuleDef MODULE = {
 };
 
 PyMODINIT_FUNC PyInit__gram(void) {
+    W8_OK = have_w8();
     PyObject *mod = PyModule_Create(&MODULE);
     if (mod != NULL && (PyModule_AddIntConstant(mod, "MAXK", MAXK) < 0 ||
-                        PyModule_AddIntConstant(mod, "HAVE_AVX512", have_w8()) < 0)) {
+                        PyModule_AddIntConstant(mod, "HAVE_AVX512", W8_OK) < 0)) {
         Py_DECREF(mod);
         return NULL;
     }
