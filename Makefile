@@ -11,11 +11,15 @@ STORAGE ?= runs/demo
 .PHONY: install demo test lint models clean
 
 # setup.py builds the kinship pass's optional C kernel: editing it reinstalls.
-$(VENV)/.installed: pyproject.toml setup.py llm_evo/kinship/_gram.c llm_evo/kinship/_gram_small.h
+$(VENV)/.installed: pyproject.toml setup.py llm_evo/kinship/_gram.c llm_evo/kinship/_gram_small.h \
+		scripts/install_llama_cpp.sh scripts/check_llama_build.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU torch wheel first: any other torch requirement would pull CUDA.
 	$(PY) -m pip install -q torch==2.13.0
+	# llama.cpp for the local LLM, built for any x86-64 CPU (never -march=native, never
+	# from pip's wheel cache): see the script.
+	scripts/install_llama_cpp.sh $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

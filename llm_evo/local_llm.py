@@ -38,6 +38,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_portable_build() -> None:
+    """Refuse a llama.cpp built with ggml's AMX kernel: such a -march=native build crashed
+    (general-protection fault in ggml_backend_amx_mul_mat) on the Intel Xeon it was built on.
+    `make install` builds a portable one (scripts/install_llama_cpp.sh)."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        raise ConfigError("llama-cpp-python is not installed (make install builds it)")
+    nm = shutil.which("nm")
+    if nm is None:
+        return  # no binutils: nothing to check with, and nothing built here natively
+    for lib in Path(spec.origin).parent.rglob("libggml-cpu.so*"):
+        out = subprocess.run([nm, "-D", "--defined-only", str(lib)], capture_output=True,
+                             text=True, check=False).stdout
+        if "ggml_backend_amx_" in out:
+            raise ConfigError(f"{lib}: llama.cpp was built for this CPU with its AMX kernel, "
+                              "which crashes on Intel CPUs with AMX; rebuild it portably with "
+                              "scripts/install_llama_cpp.sh")
+
+
 @contextmanager
 def local_llm_server(log_path: Path | None = None, n_ctx: int = 4096,
                      ready_timeout: float = 180, threads: int | None = None):
@@ -46,6 +68,7 @@ def local_llm_server(log_path: Path | None = None, n_ctx: int = 4096,
     One thread by default: the 135M model is fast enough on one core, and next to Ray
     workers on a small machine more threads were several times slower (contention).
     """
+    check_portable_build()
     gguf = smollm2_gguf()
     port = free_port()
     n = str(threads or int(os.environ.get("LLM_EVO_LLAMA_THREADS", "1")))
