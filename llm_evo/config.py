@@ -11,15 +11,26 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from llm_evo.errors import ConfigError
+from llm_evo.model_ref import canonical_model_ref
 
 MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_ties", "slerp"]
 METHODS_NEEDING_BASE = ("task_arithmetic", "ties", "dare_ties")
+# Any form mergekit's ModelReference accepts, kept as its string form (see model_ref.py).
+ModelRefStr = Annotated[str, BeforeValidator(canonical_model_ref)]
 
 
 class _Frozen(BaseModel):
@@ -42,9 +53,9 @@ class TaskConfig(_Frozen):
 class GenomeConfig(_Frozen):
     """mergekit-evolve's `genome:` section, field for field."""
 
-    models: list[str] = Field(min_length=1)
+    models: list[ModelRefStr] = Field(min_length=1)
     merge_method: MergeMethod
-    base_model: str | None = None
+    base_model: ModelRefStr | None = None
     tokenizer_source: str | None = None
     layer_granularity: int = Field(default=0, ge=0)
     normalize: bool | None = None
@@ -58,10 +69,13 @@ class GenomeConfig(_Frozen):
             raise ValueError(f"genome.base_model is required for merge_method {self.merge_method}")
         if self.merge_method == "slerp":
             n = len(self.models)
-            if n != 2:
-                raise ValueError(f"genome.models: slerp merges exactly 2 models, got {n}")
+            if n < 2:  # with more, each layer group slerps its two top-weighted models
+                raise ValueError(f"genome.models: slerp needs at least 2 models, got {n}")
             if self.smooth:
                 raise ValueError("genome.smooth is not supported for slerp")
+            if n > 2 and self.filters:
+                raise ValueError("genome.filters is not supported for slerp over more than "
+                                 "2 models")
         if len(set(self.models)) != len(self.models):
             raise ValueError("genome.models lists a model twice")
         return self
@@ -81,6 +95,10 @@ class SearchConfig(_Frozen):
     strategy: str = "cma"
     population_size: int | None = Field(default=None, ge=2)
     max_generations: int = Field(default=10, ge=1)
+    # mergekit-evolve's --max-fevals: a budget of candidate evaluations; the run stops after
+    # the generation that reaches it (whole generations, as pycma counts), or after
+    # max_generations, whichever comes first. Parents are scored outside the budget.
+    max_fevals: int | None = Field(default=None, ge=1)
     seed: int = 42
     sigma0: float = Field(default=0.2, gt=0)
     sigma_low: float = Field(default=0.05, ge=0)
@@ -108,6 +126,8 @@ class EvaluationConfig(_Frozen):
     them for every candidate). `input_cache`: where in-memory workers keep the input
     tensors, "auto" (the GPU while memory allows, else the CPU) or "cpu". `torch_threads`:
     intra-op threads per CPU worker (default: the CPUs divided among the workers).
+    `gpus_per_worker`: GPUs each worker reserves on one node, for models larger than one
+    GPU (HF shards with device_map="auto", vLLM with tensor parallelism).
     """
 
     backend: Literal["hf", "vllm"] = "hf"
@@ -121,6 +141,7 @@ class EvaluationConfig(_Frozen):
     reshard: bool = False
     input_cache: Literal["auto", "cpu"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
+    gpus_per_worker: int = Field(default=1, ge=1)
 
 
 class LLMConfig(_Frozen):
@@ -214,8 +235,10 @@ class ScoringConfig(_Frozen):
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
-        names = [t.name for t in tasks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        # One task may be scored on several metrics (results are keyed name/metric), as
+        # mergekit-evolve allows; the same (name, metric) twice is a mistake.
+        keys = [(t.name, t.metric) for t in tasks]
+        dupes = sorted({f"{n} ({m})" for n, m in keys if keys.count((n, m)) > 1})
         if dupes:
             raise ValueError(f"tasks: {', '.join(dupes)} listed twice")
         return tasks
@@ -230,9 +253,11 @@ class ScoringConfig(_Frozen):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
     def identity(self) -> dict[str, Any]:
-        """What defines the run, for its hash and the resume check: the whole config
-        (RunConfig leaves out where it runs and logs)."""
-        return self.model_dump(mode="json")
+        """What defines the run, for its hash and the resume check: the whole config but
+        how many GPUs a worker spans (RunConfig also leaves out where it runs and logs)."""
+        data = self.model_dump(mode="json")
+        data["evaluation"].pop("gpus_per_worker")  # moving to bigger GPUs: the same run
+        return data
 
     def config_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True)
@@ -260,7 +285,7 @@ class RunConfig(ScoringConfig):
     def identity(self) -> dict[str, Any]:
         """What defines the search, minus where it runs and where it logs: resuming with
         W&B switched on, or with the LLM server on another port, is the same run."""
-        data = self.model_dump(mode="json")
+        data = super().identity()
         data.pop("wandb")
         data["llm"].pop("base_url")
         return data

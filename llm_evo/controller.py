@@ -8,6 +8,7 @@ and `best_config.yaml` is rewritten the moment the best improves.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import shutil
@@ -21,10 +22,11 @@ import numpy as np
 
 from llm_evo import __version__
 from llm_evo.config import RunConfig, format_diff, resume_diff
-from llm_evo.errors import ConfigError, InvalidGenotypeError
+from llm_evo.errors import ConfigError, InvalidGenotypeError, WorkersLostError
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
-from llm_evo.genome import Genome
+from llm_evo.genome import Genome, model_label
 from llm_evo.kinship_search import KinshipSearch
+from llm_evo.model_ref import parent_job_source
 from llm_evo.options import SessionOptions
 from llm_evo.progress import GenerationProgress
 from llm_evo.storage import CandidateRecord, RunStorage
@@ -42,6 +44,9 @@ class RunOptions(SessionOptions):
     scheduling: str = "pool"
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)
     resume: bool = False  # insist on continuing a run (an error if there is none)
+    # mergekit-evolve's --timeout: no generation starts after this many seconds of search
+    # (the one running finishes), counted from this invocation's first generation.
+    timeout: float | None = None
     wandb_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,6 +63,7 @@ class RunSummary:
     resumed: bool = False
     status: str = "finished"
     kinship: dict[str, Any] | None = None  # per-candidate kinship cost (KinshipSearch.summary)
+    llm_usage: tuple[int, int] | None = None  # LLM strategy: (proposals used, generations asked)
 
 
 def library_versions() -> dict[str, str]:
@@ -85,6 +91,7 @@ class Controller:
         self.root = Path(options.storage_path)
         self.best: CandidateRecord | None = None
         self.merge_dtype = "float32"
+        self.n_generations = config.search.max_generations  # set from the budget by run()
         self.kinship: KinshipSearch | None = None
 
     # ---- set-up ----------------------------------------------------------------------------
@@ -157,6 +164,7 @@ class Controller:
             num_workers=self.options.num_workers,
             num_gpus=self.options.num_gpus,
             strategy=self.options.scheduling,
+            echo=self.echo,
         ))
         status = "failed"
         try:
@@ -165,11 +173,19 @@ class Controller:
             tracker = _guarded(tracker, "start")
             if self.config.search.evaluate_parents:
                 self._evaluate_parents(pool)
-            for gen in range(start_gen, self.config.search.max_generations):
+            self.n_generations = generation_count(self.config, strategy.population_size)
+            search_started = time.monotonic()
+            for gen in range(start_gen, self.n_generations):
                 self._generation(gen, strategy, pool)
                 tracker = _guarded(tracker, "log_generation", gen)
+                timeout = self.options.timeout
+                if timeout is not None and time.monotonic() - search_started > timeout:
+                    if gen + 1 < self.n_generations:
+                        self.echo(f"--timeout {timeout:g}s reached: stopping after "
+                                  f"generation {gen + 1}")
+                    break
             status = "finished"
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, WorkersLostError):  # resumable: what finished is recorded
             status = "interrupted"
             raise
         finally:
@@ -190,6 +206,7 @@ class Controller:
             resumed=resumed,
             kinship=self.kinship.summary(cands) if self.kinship else None,
             status=status,
+            llm_usage=llm_usage(self.storage, run_id) if strategy.name == "llm" else None,
         )
 
     # ---- opening or resuming a run ---------------------------------------------------------
@@ -257,7 +274,8 @@ class Controller:
         if self.genome.base_model and self.genome.base_model not in models:
             models.append(self.genome.base_model)
         done = {c.idx for c in self.storage.candidates(self.run_id, generation=-1)}
-        jobs = {i: Job(-1, i, model_path=m, kind="parent", label=os.path.basename(m))
+        jobs = {i: Job(-1, i, **parent_job_source(m, self.merge_dtype), kind="parent",
+                       label=model_label(m))
                 for i, m in enumerate(models) if i not in done}
         if not jobs:
             return
@@ -278,7 +296,7 @@ class Controller:
         self.storage.add_events(self.run_id, strategy.drain_events())
         self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict(), phase="asked")
         scores: list[float | None] = [None] * len(genotypes)
-        progress = GenerationProgress(f"gen {gen + 1}/{self.config.search.max_generations}",
+        progress = GenerationProgress(f"gen {gen + 1}/{self.n_generations}",
                                       len(genotypes), best=self._best_score(),
                                       quiet=self.options.quiet)
         recorded = {c.idx: c for c in self.storage.candidates(self.run_id, generation=gen)}
@@ -286,7 +304,8 @@ class Controller:
         configs: dict[int, str] = {}
         for idx, genotype in enumerate(genotypes):
             prior = recorded.get(idx)
-            if prior is not None and np.allclose(prior.genotype or [], genotype, atol=1e-12):
+            # Exact: the "asked" checkpoint restores the very genotypes, bit for bit.
+            if prior is not None and prior.genotype == genotype.tolist():
                 scores[idx] = prior.score if prior.status == "ok" else None  # penalised
                 progress.update(scores[idx], best=self._best_score())
                 continue  # finished before an interruption: never evaluated twice
@@ -353,8 +372,30 @@ class Controller:
         cfg = MergeConfiguration.model_validate(yaml.safe_load(self.best.merge_config))
         run_merge(cfg, out_path=str(out), options=MergeOptions(
             copy_tokenizer=True, trust_remote_code=self.options.trust_remote_code,
-            allow_crimes=self.options.allow_crimes, lazy_unpickle=True, quiet=True))
+            allow_crimes=self.options.allow_crimes, lazy_unpickle=True, quiet=True,
+            random_seed=self.config.search.seed,
+            lora_merge_cache=str(self.root / "lora_merge_cache")))
         return out
+
+
+def llm_usage(storage: RunStorage, run_id: int) -> tuple[int, int]:
+    """(generations whose mean the LLM proposed, generations that asked it), from the ledger.
+
+    Every generation after the first asks the LLM for a mean and records an `llm_mean` event
+    whose source is "llm" when the answer was used, or the fallback ("best"/"initial").
+    """
+    by_generation = {e["generation"]: e.get("source")  # a re-asked generation: the last wins
+                     for e in storage.events(run_id, kind="llm_mean")}
+    return sum(s == "llm" for s in by_generation.values()), len(by_generation)
+
+
+def generation_count(config: RunConfig, population_size: int) -> int:
+    """search.max_generations, or fewer when search.max_fevals (mergekit-evolve's
+    --max-fevals) runs out first: whole generations, as pycma's `maxfevals` counts."""
+    s = config.search
+    if s.max_fevals is None:
+        return s.max_generations
+    return min(s.max_generations, math.ceil(s.max_fevals / population_size))
 
 
 def _guarded(tracker, method: str, *args):

@@ -1,12 +1,15 @@
-"""One exception type for every error a user can cause.
+"""The exception types for every error a user can cause or has to act on.
 
-The CLI turns it into a single line on stderr and exit code 2; nothing else in the
-package prints or exits, so library callers get a normal exception.
+The CLI turns each into a single line on stderr and the class's `exit_code` (2 for bad
+input); nothing else in the package prints or exits, so library callers get a normal
+exception.
 """
 
 
 class LlmEvoError(Exception):
     """Base class: a user-facing problem described in one line."""
+
+    exit_code = 2
 
 
 class ConfigError(LlmEvoError):
@@ -15,3 +18,13 @@ class ConfigError(LlmEvoError):
 
 class InvalidGenotypeError(LlmEvoError):
     """A genotype that maps to no valid merge (e.g. normalised weights summing to ~0)."""
+
+
+class WorkersLostError(LlmEvoError):
+    """Every evaluation worker died (the Ray cluster was stopped or lost its nodes).
+
+    Not bad input, hence its own exit code: what finished is recorded, and running the
+    same command again resumes the run.
+    """
+
+    exit_code = 3

@@ -3,6 +3,11 @@
 A genotype is a flat float vector laid out like mergekit-evolve's tensor
 (layer group, model, filter set, parameter), so a gene's index tells its meaning and
 every strategy can treat the space as a box. The genome never imports Ray or lm-eval.
+
+Parity with mergekit-evolve (mergekit/evo/genome.py): with `allow_negative_weights` the
+weight genes are unbounded there, so here too: [-1, 1] is only where searches start and
+sample, CMA-ES may leave it. slerp over more than two models keeps one gene per model and
+layer group and slerps the two top-weighted models of each group, t = softmax(top two)[1].
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import yaml
 
 from llm_evo.config import METHODS_NEEDING_BASE, GenomeConfig
 from llm_evo.errors import InvalidGenotypeError
+from llm_evo.model_ref import parse_model_ref, resolve_local
 
 METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "linear": ("weight",),
@@ -43,6 +49,9 @@ class Axis:
     param: str
     low: float
     high: float
+    # False: [low, high] is where searches start and sample, but a gene may leave it (as
+    # mergekit-evolve's unbounded CMA-ES genes do); True: genes are clipped to it.
+    bounded: bool = True
 
     @property
     def label(self) -> str:
@@ -67,13 +76,31 @@ class SearchSpace:
     def n_genes(self) -> int:
         return len(self.axes)
 
+    @property
+    def bound_lower(self) -> np.ndarray:
+        return np.where([a.bounded for a in self.axes], self.lower, -np.inf)
+
+    @property
+    def bound_upper(self) -> np.ndarray:
+        return np.where([a.bounded for a in self.axes], self.upper, np.inf)
+
     def clip(self, genotype: np.ndarray) -> np.ndarray:
+        """Into the genes' hard bounds (unbounded genes are left as they are)."""
+        return np.clip(np.asarray(genotype, dtype=np.float64), self.bound_lower,
+                       self.bound_upper)
+
+    def clip_range(self, genotype: np.ndarray) -> np.ndarray:
+        """Into [lower, upper] for every gene, bounded or not (what a strategy that works on
+        a fixed scale, like the LLM's 0..100 grid, can express)."""
         return np.clip(np.asarray(genotype, dtype=np.float64), self.lower, self.upper)
 
 
 def model_label(reference: str) -> str:
-    """A short, readable name for a model path or hub id."""
-    return os.path.basename(reference.rstrip("/")) or reference
+    """A short, readable name for a model reference (path, hub id, `@revision`, `+lora`)."""
+    try:
+        return parse_model_ref(reference).label()
+    except ValueError:
+        return os.path.basename(reference.rstrip("/")) or reference
 
 
 class Genome:
@@ -97,7 +124,11 @@ class Genome:
         self.n_groups = num_layers // granularity
         self.params = METHOD_PARAMS[definition.merge_method]
         self.filters: list[str | None] = [*(definition.filters or []), None]
-        self.is_slerp = definition.merge_method == "slerp"
+        slerp = definition.merge_method == "slerp"
+        # Two models: one t per layer group (and filter set). More: mergekit-evolve's
+        # layout, one gene per model, the two largest of a group are slerped.
+        self.is_slerp = slerp and len(self.models) == 2
+        self.slerp_top2 = slerp and len(self.models) > 2
         self.model_labels = [model_label(m) for m in self.models]
         self.shape = (
             self.n_groups,
@@ -113,8 +144,15 @@ class Genome:
             return -1.0, 1.0
         return 0.0, 1.0
 
+    def _bounded(self, param: str) -> bool:
+        """mergekit-evolve leaves these genes unbounded: signed weights, and slerp's
+        per-model selection genes (their top two and softmax make any value valid)."""
+        if param == "weight" and self.definition.allow_negative_weights:
+            return False
+        return not self.slerp_top2
+
     def _initial_value(self, param: str) -> float:
-        if param == "weight":
+        if param == "weight" or self.slerp_top2:
             return 1.0 / len(self.models)
         return 0.5 if param == "t" else 1.0
 
@@ -127,7 +165,8 @@ class Genome:
                 for flt in self.filters:
                     for param in self.params:
                         low, high = self._range(param)
-                        axes.append(Axis(len(axes), g, layers, model, flt, param, low, high))
+                        axes.append(Axis(len(axes), g, layers, model, flt, param, low, high,
+                                         self._bounded(param)))
         lower = np.array([a.low for a in axes])
         upper = np.array([a.high for a in axes])
         initial = np.array([self._initial_value(a.param) for a in axes])
@@ -149,7 +188,8 @@ class Genome:
         bad = np.flatnonzero(~np.isfinite(x))
         if bad.size:
             raise InvalidGenotypeError(f"gene {self.space.axes[bad[0]].label} is not finite")
-        outside = np.flatnonzero((x < self.space.lower - 1e-9) | (x > self.space.upper + 1e-9))
+        outside = np.flatnonzero((x < self.space.bound_lower - 1e-9)
+                                 | (x > self.space.bound_upper + 1e-9))
         if outside.size:
             axis = self.space.axes[outside[0]]
             raise InvalidGenotypeError(
@@ -172,10 +212,10 @@ class Genome:
         """The mergekit-yaml mapping for a genotype (plain Python types)."""
         x4 = self.check(genotype)
         out: dict[str, Any] = {"merge_method": self.definition.merge_method}
-        if self.is_slerp:
-            base = self.base_model if self.base_model in self.models else self.models[0]
-            out["base_model"] = base
-            out["slices"] = self._slices(x4, slerp=True)
+        if self.is_slerp or self.slerp_top2:
+            out["base_model"] = self._slerp_base()
+            out["slices"] = (self._top2_slices(x4) if self.slerp_top2
+                             else self._slices(x4, slerp=True))
         else:
             if self.uses_base:
                 out["base_model"] = self.base_model
@@ -216,6 +256,11 @@ class Genome:
             if slerp:
                 sources = [{"model": m, "layer_range": layer_range} for m in self.models]
                 t = self._param_value(x4[g, 0, :, 0])
+                if self.definition.tokenizer_source and len(self.filters) == 1:
+                    # as mergekit-evolve: weights tell a tokenizer merge how to mix
+                    base = self.models.index(self._slerp_base())
+                    for i, source in enumerate(sources):
+                        source["parameters"] = {"weight": t if i != base else 1 - t}
                 slices.append({"sources": sources, "parameters": {"t": t}})
                 continue
             sources = []
@@ -225,6 +270,27 @@ class Genome:
             if self.uses_base and self.base_model not in self.models:
                 sources.append({"model": self.base_model, "layer_range": layer_range})
             slices.append({"sources": sources})
+        return slices
+
+    def _top2_slices(self, x4: np.ndarray) -> list[dict]:
+        """mergekit-evolve's slerp over N models: in each layer group the two models with
+        the largest genes, t = softmax(those two genes)[1], the larger one as the slice's
+        base (ties: the earlier model). A base_model outside `models` is not added as a
+        third source, which slerp would refuse."""
+        slices = []
+        for g in range(self.n_groups):
+            layer_range = [g * self.layer_step, (g + 1) * self.layer_step]
+            genes = x4[g, :, 0, 0]
+            first, second = (int(i) for i in np.argsort(-genes, kind="stable")[:2])
+            top = genes[[first, second]]
+            t = float(np.exp(top[1] - top.max()) / np.exp(top - top.max()).sum())
+            sources = [{"model": self.models[i], "layer_range": layer_range}
+                       for i in (first, second)]
+            if self.definition.tokenizer_source:
+                sources[0]["parameters"] = {"weight": 1 - t}
+                sources[1]["parameters"] = {"weight": t}
+            slices.append({"sources": sources, "parameters": {"t": t},
+                           "base_model": self.models[first]})
         return slices
 
     def _smooth_models(self, x4: np.ndarray) -> list[dict]:
@@ -252,6 +318,8 @@ class Genome:
     # ---- genotype <- config (for seeding and reports) --------------------------------------
     def parent_genotype(self, model_index: int) -> np.ndarray | None:
         """The genotype that reproduces one source model, where the method allows one."""
+        if self.slerp_top2:
+            return None  # t = softmax(top two) never reaches 0
         if self.is_slerp:
             t = 0.0 if model_index == self.models.index(self._slerp_base()) else 1.0
             return np.full(self.n_genes, t)
@@ -282,10 +350,13 @@ def describe_axes(genome: Genome) -> str:
     lines = [
         f"merge_method: {g.definition.merge_method}",
         f"layers: {g.num_layers} in {g.n_groups} group(s) of {g.layer_step}",
-        "models: " + ", ".join(g.model_labels) + (" (slerp: one t per group)" * g.is_slerp),
+        "models: " + ", ".join(g.model_labels) + (" (slerp: one t per group)" * g.is_slerp)
+        + (" (slerp: per group, the two largest genes' models, t = softmax(top two)[1])"
+           * g.slerp_top2),
         "filters: " + ", ".join(f or "* (everything else)" for f in g.filters),
         "parameters: " + ", ".join(
-            f"{p} in [{g._range(p)[0]:g}, {g._range(p)[1]:g}]" for p in g.params
+            f"{p} in [{g._range(p)[0]:g}, {g._range(p)[1]:g}]"
+            + ("" if g._bounded(p) else " to start, unbounded") for p in g.params
         ),
         f"genes: {g.n_groups} x {g.shape[1]} x {g.shape[2]} x {g.shape[3]} = {g.n_genes}",
     ]
@@ -293,12 +364,20 @@ def describe_axes(genome: Genome) -> str:
 
 
 def resolve_path(reference: str, config_dir: Path | None) -> str:
-    """A local model path as an absolute path (CWD first, then the config's folder);
-    anything else (a hub id) is returned unchanged."""
-    for root in (Path.cwd(), config_dir):
+    """A local path as an absolute path (CWD first, then the config's folder); anything
+    else (a hub id) unchanged. A model reference (`path@revision+lora`) has its model and
+    adapter paths resolved each on its own."""
+    roots = [Path.cwd(), config_dir]
+    if "@" in reference or "+" in reference:
+        try:
+            return resolve_local(reference, roots)
+        except ValueError:
+            pass  # not a model reference: a plain path
+    for root in roots:
         if root is None:
             continue
         candidate = (root / reference).expanduser()
         if candidate.exists():
             return str(candidate.resolve())
     return reference
+

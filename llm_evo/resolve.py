@@ -14,6 +14,7 @@ from pathlib import Path
 from llm_evo.config import RunConfig
 from llm_evo.errors import ConfigError, InvalidGenotypeError
 from llm_evo.genome import Genome, resolve_path
+from llm_evo.model_ref import parse_model_ref
 
 # Optimising straight against a public benchmark's test set games it; mergekit-evolve
 # refuses these prefixes unless explicitly allowed, and so do we.
@@ -33,7 +34,24 @@ class ModelFacts:
 
 
 def read_model_config(reference: str, field: str, trust_remote_code: bool = False) -> ModelFacts:
-    """Architecture and layer count of a local model dir or a hub id, or a ConfigError."""
+    """Architecture and layer count of a local model dir or a hub id, or a ConfigError.
+
+    `reference` may be any mergekit model reference: `path@revision` reads that revision's
+    config, and `base+lora` the base's (a LoRA keeps its base's architecture), after
+    checking that a local adapter folder exists."""
+    try:
+        ref = parse_model_ref(reference)
+    except ValueError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    if ref.lora and (ref.lora.startswith((".", "/", "~")) or Path(ref.lora).exists()):
+        if not (Path(ref.lora).expanduser() / "adapter_config.json").is_file():
+            raise ConfigError(f"{field}: LoRA adapter {ref.lora} has no adapter_config.json")
+    facts = _read_config(ref.path, ref.revision, field, trust_remote_code)
+    return ModelFacts(reference, facts.architecture, facts.num_layers, facts.vocab_size)
+
+
+def _read_config(reference: str, revision: str | None, field: str,
+                 trust_remote_code: bool) -> ModelFacts:
     path = Path(reference)
     if path.is_dir():
         cfg_file = path / "config.json"
@@ -46,7 +64,7 @@ def read_model_config(reference: str, field: str, trust_remote_code: bool = Fals
     elif path.exists() or reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ConfigError(f"{field}: {reference} is not a model directory")
     else:
-        cfg = _hub_config(reference, field, trust_remote_code)
+        cfg = _hub_config(reference, revision, field, trust_remote_code)
     archs = cfg.get("architectures") or [cfg.get("model_type", "unknown")]
     layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("num_layers")))
     if layers is None:
@@ -54,11 +72,13 @@ def read_model_config(reference: str, field: str, trust_remote_code: bool = Fals
     return ModelFacts(reference, archs[0], int(layers), cfg.get("vocab_size"))
 
 
-def _hub_config(reference: str, field: str, trust_remote_code: bool) -> dict:
+def _hub_config(reference: str, revision: str | None, field: str,
+                trust_remote_code: bool) -> dict:
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(reference, trust_remote_code=trust_remote_code).to_dict()
+        return AutoConfig.from_pretrained(reference, revision=revision,
+                                          trust_remote_code=trust_remote_code).to_dict()
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot resolve"
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise ConfigError(

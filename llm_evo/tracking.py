@@ -85,6 +85,35 @@ def generation_metrics(storage: RunStorage, run_id: int, generation: int) -> dic
     return out
 
 
+def mergekit_evolve_metrics(storage: RunStorage, run_id: int,
+                            generation: int) -> dict[str, Any]:
+    """The keys mergekit-evolve logs, so a dashboard built for it shows our runs too.
+
+    best_score, evaluations (candidates so far), population/score_mean and _std, and
+    population/<task>_<metric>_{mean,max,min} (",none" dropped from the metric, as there).
+    mergekit-evolve logs them at step = evaluations; we log at step = generation, with
+    `evaluations` a metric a chart can use as its x-axis.
+    """
+    cands = storage.candidates(run_id, kind="candidate")
+    upto = [c for c in cands if c.generation <= generation]
+    ok = _ok([c for c in cands if c.generation == generation])
+    out: dict[str, Any] = {"evaluations": len(upto)}
+    if _ok(upto):
+        out["best_score"] = max(c.raw_score for c in _ok(upto))
+    if ok:
+        out["population/score_mean"], out["population/score_std"] = _stats(
+            [c.raw_score for c in ok])
+        for key in sorted({k for c in ok for k in (c.results or {})}):
+            values = [float(c.results[key]) for c in ok
+                      if isinstance((c.results or {}).get(key), (int, float))]
+            task, _, metric = key.partition("/")
+            name = f"population/{task}_{metric.replace(',none', '')}"
+            if values:
+                out.update({f"{name}_mean": sum(values) / len(values), f"{name}_max": max(values),
+                            f"{name}_min": min(values)})
+    return out
+
+
 def thought_rows(storage: RunStorage, run_id: int, generation: int) -> list[list[Any]]:
     """(generation, attempt, outcome, thought) of every LLM exchange up to `generation`."""
     rows = []
@@ -196,6 +225,7 @@ class WandbTracker:
         self._require_run()
         self._log_parents()  # parents may finish after start() on a pipelined scheduler
         data: dict[str, Any] = generation_metrics(self.storage, self.run_id, generation)
+        data.update(mergekit_evolve_metrics(self.storage, self.run_id, generation))
         rows = thought_rows(self.storage, self.run_id, generation)
         if len(rows) != self._n_thoughts:
             # Cumulative, so the newest table version holds the whole conversation.

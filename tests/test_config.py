@@ -40,7 +40,18 @@ def test_config_is_frozen():
     "genome, field",
     [
         ({"models": ["a"], "merge_method": "ties"}, "base_model"),
-        ({"models": ["a", "b", "c"], "merge_method": "slerp"}, "slerp merges exactly 2"),
+        ({"models": ["a"], "merge_method": "slerp"}, "slerp needs at least 2"),
+        ({"models": ["a", "b", "c"], "merge_method": "slerp", "filters": ["mlp"]},
+         "genome.filters"),
+        ({"models": ["a@b@c", "b"], "merge_method": "linear"}, "genome.models.0"),
+        ({"models": ["a", "b+c+d"], "merge_method": "linear"}, "genome.models.1"),
+        ({"models": ["a", {"model": "b", "override_architecture": "X"}],
+          "merge_method": "linear"}, "override_architecture"),
+        ({"models": ["a", {"model": {"path": "b", "revison": "x"}}],
+          "merge_method": "linear"}, "revison"),
+        ({"models": ["a", {"lora": "b"}], "merge_method": "linear"}, "needs model"),
+        ({"models": ["a", {"model": {"path": "a"}}], "merge_method": "linear"},
+         "lists a model twice"),
         ({"models": ["a", "b"], "merge_method": "bogus"}, "genome.merge_method"),
         ({"models": [], "merge_method": "linear"}, "genome.models"),
         ({"models": ["a", "b"], "merge_method": "linear", "layer_granularity": -1},
@@ -57,8 +68,78 @@ def test_bad_genome_names_the_field(genome, field):
 
 
 def test_duplicate_tasks_rejected():
-    with pytest.raises(ConfigError, match="listed twice"):
+    with pytest.raises(ConfigError, match=r"t \(acc,none\) listed twice"):
         parse_config({**MINIMAL, "tasks": ["t", "t"]})
+    with pytest.raises(ConfigError, match="listed twice"):
+        parse_config({**MINIMAL, "tasks": [{"name": "t", "metric": "m", "weight": 1},
+                                           {"name": "t", "metric": "m", "weight": 2}]})
+
+
+def test_one_task_on_two_metrics_is_valid_and_scored_apart():
+    """mergekit-evolve accepts it; results are keyed name/metric, so both count."""
+    from llm_evo.evaluation.jobs import TaskSpec
+    from llm_evo.evaluation.scoring import weighted_score
+
+    cfg = parse_config({**MINIMAL, "tasks": [{"name": "t", "metric": "acc,none"},
+                                             {"name": "t", "metric": "acc_norm,none",
+                                              "weight": 0.5}]})
+    specs = tuple(TaskSpec(t.name, t.weight, t.metric) for t in cfg.tasks)
+    score, per_task = weighted_score({"t": {"acc,none": 0.4, "acc_norm,none": 0.8}}, specs)
+    assert per_task == {"t/acc,none": 0.4, "t/acc_norm,none": 0.8}
+    assert score == pytest.approx(0.4 + 0.5 * 0.8)
+
+
+REFERENCES = [
+    "org/name",
+    "org/name@v1.0",
+    "org/base+org/adapter",
+    "org/base@abc+org/adapter@def",
+    "/abs/local/model",
+    {"model": "org/name"},
+    {"model": {"path": "org/name", "revision": "r2"}},
+    {"model": {"path": "org/base"}, "lora": {"path": "org/ad", "revision": "x"}},
+    {"model": "org/base@main", "lora": "org/ad"},
+]
+
+
+@pytest.mark.parametrize("ref", REFERENCES, ids=str)
+def test_model_references_read_as_mergekit_reads_them(ref):
+    """Every form mergekit's ModelReference.model_validate accepts, kept as its str()."""
+    from mergekit.common import ModelReference
+
+    cfg = parse_config({"genome": {"models": [ref, "other"], "merge_method": "task_arithmetic",
+                                   "base_model": ref}, "tasks": ["t"]})
+    expected = str(ModelReference.model_validate(ref))
+    assert cfg.genome.models[0] == expected and cfg.genome.base_model == expected
+    assert str(ModelReference.parse(cfg.genome.models[0])) == expected  # round trip
+    # the stored config reads back to the same config
+    assert parse_config(cfg.model_dump(mode="json")).config_hash() == cfg.config_hash()
+
+
+def test_plain_model_strings_keep_their_hash():
+    """Canonical forms leave plain paths alone, so existing runs keep resuming."""
+    cfg = parse_config(MINIMAL)
+    assert cfg.genome.models == ["a", "b"]
+
+
+def test_max_fevals_is_a_positive_budget():
+    cfg = parse_config({**MINIMAL, "search": {"max_fevals": 16}})
+    assert cfg.search.max_fevals == 16 and parse_config(MINIMAL).search.max_fevals is None
+    with pytest.raises(ConfigError, match="search.max_fevals"):
+        parse_config({**MINIMAL, "search": {"max_fevals": 0}})
+
+
+def test_generation_count_follows_the_budget():
+    """ceil(max_fevals / population), as pycma's maxfevals; max_generations still caps."""
+    from llm_evo.controller import generation_count
+
+    cfg = parse_config({**MINIMAL, "search": {"max_fevals": 16, "max_generations": 100}})
+    assert generation_count(cfg, 8) == 2
+    assert generation_count(cfg, 6) == 3  # 18 evaluations: whole generations
+    assert generation_count(cfg, 32) == 1
+    capped = with_overrides(cfg, {"search.max_generations": 2})
+    assert generation_count(capped, 4) == 2
+    assert generation_count(parse_config(MINIMAL), 4) == 10
 
 
 def test_load_config_reports_yaml_line(tmp_path):

@@ -38,7 +38,106 @@ def test_ranges_follow_allow_negative_weights():
     assert pos.space.lower.min() == 0 and neg.space.lower.min() == -1
     dens = make("ties", allow_negative_weights=True)
     density = [a for a in dens.space.axes if a.param == "density"]
-    assert all(a.low == 0 and a.high == 1 for a in density)
+    assert all(a.low == 0 and a.high == 1 and a.bounded for a in density)
+
+
+def test_negative_weights_are_unbounded_as_in_mergekit_evolve():
+    """mergekit-evolve's CMA-ES genes have no bounds and signed weights are used raw:
+    [-1, 1] is where a search starts and samples, not a wall."""
+    g = make("ties", allow_negative_weights=True)
+    weights = [a.index for a in g.space.axes if a.param == "weight"]
+    x = g.space.initial.copy()
+    x[weights[0]], x[weights[1]] = 3.5, -2.0
+    clipped = g.space.clip(x)
+    assert clipped[weights[0]] == 3.5 and clipped[weights[1]] == -2.0
+    assert g.space.clip_range(x)[weights[0]] == 1.0  # the LLM's fixed scale still clips
+    d = g.merge_config_dict(x)
+    assert d["slices"][0]["sources"][0]["parameters"]["weight"] == 3.5
+    x[[a.index for a in g.space.axes if a.param == "density"][0]] = 1.5
+    with pytest.raises(InvalidGenotypeError, match="density = 1.5 is outside"):
+        g.check(x)  # densities keep their [0, 1] bounds
+    bounded = make("ties")
+    assert bounded.space.clip(x)[weights[0]] == 1.0
+    np.testing.assert_allclose(g.space.initial[weights], 1 / 3)  # mergekit's x0: 1/n
+
+
+def _mergekit_genome(tmp_path, method, n_models, **kw):
+    """mergekit-evolve's own ModelGenome over config-only model folders."""
+    import json
+
+    from mergekit.evo.genome import ModelGenome, ModelGenomeDefinition
+
+    names = [f"ft_{chr(97 + i)}" for i in range(n_models)] + ["base"]
+    for name in names:
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "config.json").write_text(json.dumps(
+            {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+             "num_hidden_layers": 8}))
+    models = [str(tmp_path / n) for n in names[:-1]]
+    base = str(tmp_path / "base") if method in ("task_arithmetic", "ties", "dare_ties") else None
+    theirs = ModelGenome(ModelGenomeDefinition(models=models, merge_method=method,
+                                               base_model=base, **kw))
+    ours = Genome(GenomeConfig(models=models, merge_method=method, base_model=base, **kw),
+                  models, base, 8)
+    return ours, theirs
+
+
+def _slices(config: dict) -> list:
+    """The slices as plain data, floats rounded (softmax in torch vs numpy: last digit)."""
+    def rounded(value):
+        if isinstance(value, float):
+            return round(value, 12)
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        return value
+
+    cfg = MergeConfiguration.model_validate(config)
+    return rounded([s.model_dump(mode="json") for s in cfg.slices])
+
+
+@pytest.mark.parametrize("method, kw", [
+    ("linear", {}),
+    ("task_arithmetic", {"allow_negative_weights": True}),
+    ("ties", {"filters": ["mlp"]}),
+    ("dare_ties", {"allow_negative_weights": True}),
+    ("slerp", {}),
+    ("slerp", {"tokenizer_source": "base"}),
+])
+def test_merge_configs_match_mergekit_evolve(tmp_path, method, kw):
+    """Genotype -> merge config equals mergekit-evolve's for the same genotype (genes in
+    our bounds; mergekit's abs() of negative genes is the one documented difference)."""
+    ours, theirs = _mergekit_genome(tmp_path, method, 3, layer_granularity=4, **kw)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        x = rng.uniform(ours.space.lower, ours.space.upper)
+        if kw.get("allow_negative_weights"):  # beyond [-1, 1]: unbounded there and here
+            x = np.where([a.bounded for a in ours.space.axes], x, x * 2.5)
+        mine = ours.merge_config_dict(x, dtype="bfloat16")
+        want = theirs.genotype_merge_config(x).model_dump(mode="json")
+        assert _slices(mine) == _slices(want)
+
+
+def test_slerp_over_n_models_picks_the_top_two_per_group():
+    cfg = GenomeConfig(models=["/m/a", "/m/b", "/m/c"], merge_method="slerp",
+                       layer_granularity=4)
+    g = Genome(cfg, list(cfg.models), None, 8)
+    assert g.shape == (2, 3, 1, 1) and g.slerp_top2 and not g.is_slerp
+    assert not any(a.bounded for a in g.space.axes)
+    np.testing.assert_allclose(g.space.initial, 1 / 3)
+    d = g.merge_config_dict([0.1, 0.9, 0.5, 2.0, -1.0, 1.0])
+    first, second = d["slices"]
+    assert [s["model"] for s in first["sources"]] == ["/m/b", "/m/c"]
+    assert first["base_model"] == "/m/b"
+    assert first["parameters"]["t"] == pytest.approx(np.exp(0.5) / (np.exp(0.9) + np.exp(0.5)))
+    assert [s["model"] for s in second["sources"]] == ["/m/a", "/m/c"]
+    assert second["parameters"]["t"] == pytest.approx(1 / (1 + np.exp(1.0)))
+    MergeConfiguration.model_validate(d)
+    tie = g.merge_config_dict(g.space.initial)  # equal genes: the earlier models, t = 0.5
+    assert [s["model"] for s in tie["slices"][0]["sources"]] == ["/m/a", "/m/b"]
+    assert tie["slices"][0]["parameters"]["t"] == pytest.approx(0.5)
+    assert g.parent_genotype(0) is None
 
 
 @pytest.mark.parametrize("method", METHODS)

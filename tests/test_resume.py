@@ -1,5 +1,7 @@
-"""Crash safety, for real: the driver is `kill -9`ed mid-generation three times and resumed
-each time; a Ray worker process is killed mid-run. Nothing finished is lost or redone."""
+"""Crash safety, for real: the driver is `kill -9`ed three times and resumed each time (mid
+generation, between a generation's last result and its `tell`, mid generation again); a Ray
+worker process is killed mid-run. Nothing finished is lost or redone, and the resumed run's
+genotypes equal the uninterrupted run's bit for bit."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from tests.e2e_helpers import write_config
 pytestmark = pytest.mark.slow
 
 GENERATIONS, POPULATION = 3, 4
+# The driver's numerics (pycma) run with more than one BLAS thread available.
+DRIVER_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
 
 
 def rows(storage: Path) -> dict[tuple[int, int], tuple]:
@@ -34,23 +38,98 @@ def rows(storage: Path) -> dict[tuple[int, int], tuple]:
     return {(g, i): (geno, score, status, created) for g, i, geno, score, status, created in got}
 
 
-def start(config: Path, storage: Path) -> subprocess.Popen:
+def checkpoint(storage: Path) -> tuple[int, str] | None:
+    """(generation, phase) of the newest strategy checkpoint."""
+    if not (storage / "llm_evo.sqlite").is_file():
+        return None
+    db = sqlite3.connect(storage / "llm_evo.sqlite")
+    try:
+        return db.execute("SELECT generation, phase FROM checkpoints "
+                          "ORDER BY step DESC LIMIT 1").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        db.close()
+
+
+def start(config: Path, storage: Path, *, quiet: bool = True, stderr=subprocess.PIPE,
+          env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BIN / "llm-evo"), "run", str(config), "--storage-path", str(storage),
-         "--num-workers", "2", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+         "--num-workers", "2", *(["--quiet"] if quiet else [])],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True, env=env)
 
 
-def kill_after(proc: subprocess.Popen, storage: Path, n_rows: int, timeout: float = 300) -> None:
+def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while len(rows(storage)) < n_rows:
+    while not condition():
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before the kill point: {proc.stderr.read()[-2000:]}")
+            err = proc.stderr.read()[-2000:] if proc.stderr else ""
+            raise AssertionError(f"run ended before {what}: {err}")
         if time.monotonic() > deadline:
-            raise AssertionError("kill point not reached")
-        time.sleep(0.2)
+            raise AssertionError(f"{what}: not reached")
+        time.sleep(0.05)
+
+
+def kill_after(proc: subprocess.Popen, storage: Path, n_rows: int) -> None:
+    wait_for(proc, lambda: len(rows(storage)) >= n_rows, f"{n_rows} results")
     os.kill(proc.pid, signal.SIGKILL)  # the driver only, as a crash or OOM kill would
     proc.wait()
+
+
+def kill_before_tell(config: Path, storage: Path, gen: int) -> None:
+    """Kill the driver after every result of `gen` is in the ledger but before its `tell`.
+
+    Between a generation's "asked" checkpoint and the end of its evaluations the driver
+    writes nothing to stderr; then, before `tell`, it writes the generation's progress line
+    (one line per generation when stderr is not a terminal). Its stderr is a pipe that we
+    fill once the "asked" checkpoint is stored, so that line's write blocks: the driver
+    waits, all results recorded and `tell` not done, for as long as we like.
+    """
+    read_end, write_end = os.pipe()
+    # A second, non-blocking handle on the pipe: filling it never blocks us, the driver's
+    # own handle stays blocking.
+    filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+    os.set_blocking(read_end, False)
+    proc = start(config, storage, quiet=False, stderr=write_end, env=DRIVER_ENV)
+
+    def in_gen() -> list:
+        return [slot for slot in rows(storage) if slot[0] == gen]
+
+    try:
+        wait_for(proc, lambda: checkpoint(storage) == (gen, "asked"),
+                 f"generation {gen + 1} asked")
+        assert len(in_gen()) < POPULATION, "generation finished before the pipe was filled"
+        for size in (4096, 1):  # until full, to the byte
+            try:
+                while True:
+                    os.write(filler, b"\0" * size)
+            except BlockingIOError:
+                pass
+        wait_for(proc, lambda: len(in_gen()) == POPULATION,
+                 f"all results of generation {gen + 1}")
+        time.sleep(1.0)  # ample time to tell and checkpoint, were the driver not blocked
+        assert checkpoint(storage) == (gen, "asked"), "the driver got past its tell"
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; driver stderr: {_unread(read_end)[-2000:]}") from None
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # normally blocked between its results and tell
+            proc.wait()
+        for fd in (filler, write_end, read_end):
+            os.close(fd)
+    assert checkpoint(storage) == (gen, "asked") and len(in_gen()) == POPULATION
+
+
+def _unread(fd: int) -> str:
+    """What the pipe holds now, less our filling."""
+    out = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            out += chunk
+    except BlockingIOError:
+        pass
+    return out.replace(b"\0", b"").decode(errors="replace")
 
 
 @pytest.fixture()
@@ -59,24 +138,37 @@ def config(tmp_path, tiny_family):
                         limit=20, extra={"search": {"evaluate_parents": False}})
 
 
-def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, config):
+@pytest.fixture()
+def kill_config(tmp_path, tiny_family):
+    """Seed 42: a sample of generation 1 lies beyond pycma's Mahalanobis radius, which a
+    `tell` in a resumed process used to "repair" and the uninterrupted run's did not: the
+    drift this test caught before strategies/cma_es.py told with check_points=False."""
+    return write_config(tmp_path, tiny_family, population=POPULATION, generations=GENERATIONS,
+                        limit=20, extra={"search": {"evaluate_parents": False, "seed": 42}})
+
+
+def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_config):
+    config = kill_config
     reference = tmp_path / "reference"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(reference),
-               "--num-workers", "2", "--quiet")
+               "--num-workers", "2", "--quiet", env=DRIVER_ENV)
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = rows(reference)
     assert len(expected) == GENERATIONS * POPULATION
 
     storage = tmp_path / "crashy"
     seen: dict[tuple[int, int], float] = {}
-    for kill_point in (1, 6, 10):  # mid gen 1, mid gen 2, mid gen 3
-        kill_after(start(config, storage), storage, kill_point)
+    kills = [lambda: kill_after(start(config, storage, env=DRIVER_ENV), storage, 1),  # gen 1
+             lambda: kill_before_tell(config, storage, 1),  # gen 2 evaluated, not told
+             lambda: kill_after(start(config, storage, env=DRIVER_ENV), storage, 10)]  # gen 3
+    for kill in kills:
+        kill()
         now = rows(storage)
         for slot, created in seen.items():
             assert now[slot][3] == created, f"{slot} was evaluated again"
         seen = {slot: r[3] for slot, r in now.items()}
     final = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
-                "--num-workers", "2", "--quiet")
+                "--num-workers", "2", "--quiet", env=DRIVER_ENV)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "resuming run 1" in final.stderr
 
@@ -85,6 +177,8 @@ def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, config):
     for slot, created in seen.items():
         assert got[slot][3] == created, f"{slot} was evaluated again after the last kill"
     for slot, (geno, score, status, _) in expected.items():
+        # genotype_json holds each float's repr, which round-trips exactly: equal text is
+        # equal bits.
         assert got[slot][0] == geno, slot  # same genotypes as the uninterrupted run
         assert got[slot][2] == status
         assert got[slot][1] == pytest.approx(score, abs=1e-9)
@@ -108,20 +202,22 @@ def test_changed_config_is_refused_with_a_diff(tmp_path, config):
     assert "search.max_generations: 3 -> 5" in proc.stderr and "--force-new-run" in proc.stderr
 
 
-def _worker_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::EvalWorker"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+def _worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The EvalWorkers of the run `proc` drives (never another run's on this machine)."""
+    from tests.ray_helpers import run_cluster_processes
+
+    return [p.pid for p in run_cluster_processes(proc.pid)["workers"]]
 
 
 def test_killed_ray_worker_is_replaced_and_the_run_completes(tmp_path, config):
     storage = tmp_path / "s"
     proc = start(config, storage)
     deadline = time.monotonic() + 300
-    while len(rows(storage)) < 2 or not _worker_pids():
+    while len(rows(storage)) < 2 or not _worker_pids(proc):
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    os.kill(_worker_pids()[0], signal.SIGKILL)
+    os.kill(_worker_pids(proc)[0], signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     got = rows(storage)

@@ -62,30 +62,35 @@ def test_cli_run_records_everything_and_best_config_merges(tmp_path, tiny_family
 
 
 def test_joins_a_ray_head_started_with_ray_start(tmp_path, tiny_family):
-    from llm_evo.local_llm import free_port
+    """Without --ray-address, the live head `ray start` recorded is joined, as `ray.init()`
+    would; RAY_ADDRESS is honoured too. Only the head this test started is stopped."""
+    from llm_evo.evaluation.cluster import gcs_answers
+    from tests.ray_helpers import start_head, stop_head
 
-    port = free_port()
-    ray = str(BIN / "ray")
-    start = subprocess.run(
-        [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-        capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-2000:]
+    head = start_head(num_cpus=2)
     try:
         config = write_config(tmp_path, tiny_family, population=3, generations=1, limit=20,
                               extra={"search": {"evaluate_parents": False}})
-        proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "run"),
-                   "--ray-address", f"127.0.0.1:{port}", "--num-workers", "2")
+        # 1. no address: the head recorded in Ray's temp dir (RAY_TMPDIR) is found and joined
+        proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "auto"),
+                   "--num-workers", "2", env=head.env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        db = sqlite3.connect(tmp_path / "run" / "llm_evo.sqlite")
-        statuses = [r[0] for r in db.execute("SELECT status FROM candidates")]
-        assert statuses == ["ok"] * 3
-        # the head is still up after the run: llm-evo joined it and did not own it
-        status = subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"],
-                                capture_output=True, text=True, timeout=60)
-        assert status.returncode == 0
+        assert f"joining the cluster at {head.address}" in proc.stderr
+        db = sqlite3.connect(tmp_path / "auto" / "llm_evo.sqlite")
+        assert [r[0] for r in db.execute("SELECT status FROM candidates")] == ["ok"] * 3
+        # its two workers ran on the head's node: their logs are in the head's session
+        assert len(head.worker_logs("EvalWorker")) == 2
+        # 2. RAY_ADDRESS, from a driver whose Ray temp dir holds no record at all
+        env = {k: v for k, v in head.env.items() if k != "RAY_TMPDIR"}
+        env["RAY_ADDRESS"] = head.address
+        proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "env"),
+                   "--num-workers", "2", env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(head.worker_logs("EvalWorker")) == 4
+        # the head is still up after both runs: llm-evo joined it and did not stop it
+        assert gcs_answers(head.address) and head.record.read_text().strip() == head.address
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        stop_head(head.root)
 
 
 def test_mergekit_evolve_example_config_validates_unchanged(repo_root, tiny_family):

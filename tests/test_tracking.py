@@ -255,6 +255,15 @@ def test_tracker_logs_generations_tables_and_artifact(offline: Path, tmp_path: P
     assert g1["kinship/mean"] == pytest.approx(0.94) and g1["kinship/min"] == pytest.approx(0.91)
     assert "kinship/mean" not in g0 and "kinship/mean" not in g2
     assert g0["strategy/sigma"] == pytest.approx(0.2)
+    # mergekit-evolve's keys, so its dashboards show our runs: raw scores, not penalised
+    assert g0["best_score"] == pytest.approx(0.8) and g1["best_score"] == pytest.approx(1.0)
+    assert [rows[g]["evaluations"] for g in range(3)] == [3, 6, 9]
+    assert g1["population/score_mean"] == pytest.approx((0.7 + 0.4 + 1.0) / 3)
+    assert g0["population/score_std"] == pytest.approx(0.1)
+    arith = ARITH.replace("/", "_").replace(",none", "")
+    assert g1[f"population/{arith}_mean"] == pytest.approx(0.4667, abs=1e-4)
+    assert g1[f"population/{arith}_min"] == pytest.approx(0.3)
+    assert g1[f"population/{arith}_max"] == pytest.approx(0.6)
 
     thoughts = table(run_dir, g2["llm/thoughts"])
     assert thoughts["columns"] == ["generation", "attempt", "outcome", "thought"]

@@ -53,20 +53,20 @@ class LazyGroup(click.Group):
 
 
 class ErrorHandlingGroup(LazyGroup):
-    """Turns LlmEvoError into one line on stderr and exit code 2."""
+    """Turns LlmEvoError into one line on stderr and its exit code (2: bad input)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except LlmEvoError as exc:
-            fail(str(exc))
+            fail(str(exc), exc.exit_code)
 
 
-def fail(message: str) -> None:
-    """Print a one-line error and exit 2 (bad input)."""
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error and exit with `code` (2: bad input)."""
     first = " ".join(str(message).split())
     click.echo(f"error: {first}", err=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 @click.group(cls=ErrorHandlingGroup)
@@ -80,7 +80,7 @@ def run_standalone(command: click.Command, args: list[str] | None = None) -> Non
     try:
         command.main(args=args, standalone_mode=False)
     except LlmEvoError as exc:
-        fail(str(exc))
+        fail(str(exc), exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:

@@ -32,7 +32,10 @@ import click
 @click.option("--num-workers", type=click.IntRange(1), default=None,
               help="CPU workers when there is no GPU (default: CPUs, at most 4).")
 @click.option("--num-gpus", type=click.IntRange(0), default=None)
-@click.option("--ray-address", default=None, help="Join this Ray cluster instead of a local one.")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to join (default: RAY_ADDRESS, else a live head that `ray start` "
+                   "recorded on this machine, else a private local cluster; `local` always "
+                   "starts a private one).")
 @click.option("--trust-remote-code", is_flag=True, default=False)
 @click.option("--allow-crimes", is_flag=True, default=False)
 @click.option("--force-new-run", is_flag=True, default=False,

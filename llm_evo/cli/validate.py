@@ -10,7 +10,7 @@ from llm_evo.cli.common import load_with_overrides
 @click.command()
 @click.argument("config_path", metavar="CONFIG")
 @click.option("--task-search-path", multiple=True, help="Extra folder of lm-eval task YAMLs.")
-@click.option("--trust-remote-code", is_flag=True, default=False)
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False)
 @click.option("--i-understand-the-depths-of-the-evils-i-am-unleashing", "allow_benchmarks",
               is_flag=True, default=False, help="Allow common benchmarks as objectives.")
 @click.option("--skip-tasks", is_flag=True, default=False,
@@ -41,7 +41,9 @@ def validate(config_path: str, task_search_path: tuple[str, ...], trust_remote_c
     click.echo(describe_axes(genome))
     click.echo("axes:")
     for axis in genome.space.axes:
-        click.echo(f"  [{axis.index:3d}] {axis.label}  in [{axis.low:g}, {axis.high:g}]")
+        where = "starts in" if not axis.bounded else "in"
+        click.echo(f"  [{axis.index:3d}] {axis.label}  {where} [{axis.low:g}, {axis.high:g}]"
+                   + ("" if axis.bounded else ", unbounded"))
     tasks = ", ".join(f"{t.name} ({t.metric} x {t.weight:g})" for t in config.tasks)
     click.echo(f"tasks: {tasks}")
 

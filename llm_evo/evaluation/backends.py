@@ -65,6 +65,11 @@ def merge_options(spec: WorkerSpec, cuda: bool) -> Any:
         low_cpu_memory=False,
         write_model_card=False,
         quiet=True,
+        # As mergekit-evolve: the run's seed also seeds each merge (DARE's random masks),
+        # and `model+lora` references are merged once into a cache beside the merges.
+        random_seed=spec.seed,
+        lora_merge_cache=os.path.join(os.path.dirname(os.path.abspath(spec.merge_dir)),
+                                      "lora_merge_cache"),
     )
 
 
@@ -141,6 +146,14 @@ class DiskBackend(_Backend):
         }
         if self.spec.batch_size is not None:
             model_args["batch_size"] = self.spec.batch_size
+        if self.spec.gpus_per_worker > 1 and self.device.startswith("cuda"):
+            # A model larger than one GPU: lm-eval shards it over the worker's GPUs (the
+            # ones Ray reserved, so the only ones it sees) with device_map="auto".
+            model_args.setdefault("parallelize", True)
+        quant = model_args.pop("quantization_config", None)
+        if quant is not None:  # --load-in-8bit/4bit: lm-eval 0.4's HFLM passes its own
+            model_args["pretrained"] = _quantized_model(path, quant, self.device, self.spec)
+            model_args["tokenizer"] = path
         return HFLM(**model_args)
 
     def score(self) -> dict:
@@ -164,6 +177,19 @@ class DiskBackend(_Backend):
     def discard(self, staged: Staged) -> None:
         if staged.owned and staged.path and not self.spec.keep_merges:
             shutil.rmtree(staged.path, ignore_errors=True)
+
+
+def _quantized_model(path: str, quant: dict, device: str, spec: WorkerSpec) -> Any:
+    """The merge loaded with bitsandbytes (mergekit-evolve's BitsAndBytesConfig), for HFLM.
+
+    Passing `quantization_config` through HFLM's model_args, as mergekit-evolve does,
+    fails in lm-eval 0.4 ("got multiple values for keyword argument"), so we load it."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=BitsAndBytesConfig(**quant), dtype=torch.bfloat16,
+        device_map={"": device}, trust_remote_code=spec.trust_remote_code)
 
 
 class InMemoryBackend(_Backend):

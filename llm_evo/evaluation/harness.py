@@ -39,7 +39,8 @@ class Harness:
 
     def __init__(self, spec: WorkerSpec, task_manager: Any):
         self.spec = spec
-        self.loaded = task_manager.load([t.name for t in spec.tasks])
+        # A task scored on two metrics is listed twice in `tasks:`; it is run once.
+        self.loaded = task_manager.load(list(dict.fromkeys(t.name for t in spec.tasks)))
         self.tasks: dict[str, Any] = dict(self.loaded["tasks"])
         for task in self.tasks.values():
             # The same num_fewshot rule as simple_evaluate: a task that pins 0 keeps it.

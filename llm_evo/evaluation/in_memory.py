@@ -100,6 +100,10 @@ class InMemoryMerger:
         from mergekit.io.tasks import LoadTensor
 
         saves = self._plan(merge_config)
+        if self.options.random_seed is not None:  # what run_merge does: DARE's masks
+            from transformers.trainer_utils import set_seed
+
+            set_seed(self.options.random_seed)
         targets = [s.tensor_task for s in saves]
         universe = TaskUniverse(targets)
         handles = [universe.add_task(t) for t in targets]
@@ -181,7 +185,8 @@ def donor_of(merge_config: dict[str, Any]) -> str:
 
     config = MergeConfiguration.model_validate(merge_config)
     donor = config.base_model or config.referenced_models()[0]
-    return str(donor)
+    # Its weights are overwritten, so a `path@revision+lora` donor loads as its bare path.
+    return donor.model.path
 
 
 def passthrough_config(model_path: str, dtype: str) -> dict[str, Any]:

@@ -35,6 +35,9 @@ class WorkerSpec:
     allow_crimes: bool = False
     torch_threads: int | None = None
     keep_merges: bool = False
+    # GPUs per worker (evaluation.gpus_per_worker): a model larger than one GPU is sharded
+    # over them (HF: device_map="auto"; vLLM: tensor parallel).
+    gpus_per_worker: int = 1
     # Fast evaluation (issue #6). In memory, one model stays resident per worker and each
     # candidate's merged tensors are copied into it; no merge touches the disk.
     in_memory: bool = False

@@ -1,4 +1,5 @@
-"""Ray actors that evaluate jobs: one per GPU, or `num_workers` on CPUs when there is none.
+"""Ray actors that evaluate jobs: one per `gpus_per_worker` GPUs on a node, or
+`num_workers` on CPUs when the cluster has no GPU.
 
 With `schedulers.py`, the only code that talks to Ray. The strategy (pool, buffered,
 serial) decides how jobs reach the actors; under every one a worker takes new work as
@@ -13,7 +14,8 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from llm_evo.errors import ConfigError
+from llm_evo.errors import ConfigError, WorkersLostError
+from llm_evo.evaluation import cluster
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,12 @@ class PoolOptions:
     num_gpus: int | None = None
     max_restarts: int = 2
     strategy: str = "pool"  # pool, buffered or serial (see schedulers.py)
+    echo: Callable[[str], None] | None = None  # one-line notices (default: a log warning)
 
 
 class WorkerPool:
-    """Starts (or joins) Ray, places the evaluation actors, and runs batches of jobs."""
+    """Starts (or joins, see cluster.py) Ray, places the evaluation actors, and runs batches
+    of jobs."""
 
     def __init__(self, spec: WorkerSpec, options: PoolOptions):
         if options.strategy not in STRATEGIES:
@@ -51,47 +55,50 @@ class WorkerPool:
         self.placement_groups: list = []
         self.worker_info: list[dict] = []
         self.use_gpu = False
+        self.joined = False  # True: we joined a cluster someone else started
         self._owns_ray = False
+        self._dead: set[int] = set()  # id() of actors found dead, never given work again
 
     # ---- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         import ray
 
         serial = self.options.strategy == "serial"
-        if self.spec.backend == "vllm" and not self.options.ray_address:
+        per_worker = 2 if serial else 1
+        choice = None if ray.is_initialized() else cluster.choose_cluster(
+            self.options.ray_address)
+        if self.spec.backend == "vllm" and not (choice and choice.join):
             from llm_evo.evaluation.vllm_backend import require_vllm
 
-            require_vllm()  # on a cluster the workers check for themselves
+            require_vllm()  # on a cluster we join, the workers check for themselves
         spec = self._reshard(self.spec)
-        if not ray.is_initialized():
-            address = self.options.ray_address
-            kwargs = dict(
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                runtime_env={"env_vars": WORKER_ENV},
-            )
-            if address:
-                ray.init(address=address, **kwargs)
-            else:
-                cpus = os.cpu_count() or 1
-                per_worker = 2 if serial else 1
-                ray.init(num_cpus=max(cpus, per_worker * (self.options.num_workers or 1)),
-                         **kwargs)
-            self._owns_ray = True
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        if self.options.num_gpus is not None:
-            gpus = min(gpus, self.options.num_gpus)
-        self.use_gpu = gpus > 0
+        if choice is not None:
+            self._connect(choice, per_worker)
+        n_gpus = self.spec.gpus_per_worker
+        gpu_workers = cluster.gpu_workers(cluster.node_gpus(), n_gpus, self.options.num_gpus)
+        self.use_gpu = gpu_workers > 0
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if self.use_gpu:
-            n_workers, per_actor = gpus, {"num_gpus": 1, "num_cpus": 1}
+            if self.spec.in_memory and self.spec.backend == "hf" and n_gpus > 1:
+                raise ConfigError(
+                    "evaluation.in_memory keeps the hf backend's model on one GPU; with "
+                    f"evaluation.gpus_per_worker {n_gpus} score on disk, or use --vllm")
+            # Each GPU worker also takes a CPU (2 with its merger): never more than fit.
+            n_workers = max(1, min(gpu_workers, cpus // per_worker))
+            per_actor = {"num_gpus": n_gpus, "num_cpus": 1}
             threads = None
         else:
-            per_worker = 2 if serial else 1
+            if n_gpus > 1:
+                self._say(f"evaluation.gpus_per_worker {n_gpus}: the Ray cluster has no GPU "
+                          "to give; the workers score on CPUs")
             n_workers = self.options.num_workers or max(1, min(4, cpus // per_worker))
             per_actor = {"num_cpus": 1}
             threads = max(1, cpus // (n_workers * per_worker))
+        if cpus < n_workers * per_worker:  # only a joined cluster can be this small
+            raise ConfigError(
+                f"{n_workers} worker(s) need {n_workers * per_worker} CPUs"
+                f"{' (a merger and an evaluator each)' if serial else ''}, but the Ray "
+                f"cluster has {cpus}: lower --num-workers")
         spec = spec if threads is None else _with_threads(spec, threads)
         from llm_evo.evaluation.worker import EvalWorker, MergeWorker
 
@@ -108,6 +115,9 @@ class WorkerPool:
             ray.get([m.pid.remote() for m in self.mergers])
         except Exception as exc:  # noqa: BLE001 - a worker that cannot start is fatal
             raise RuntimeError(f"evaluation workers failed to start: {exc}") from exc
+        for info in self.worker_info:
+            if info.get("warning"):
+                self._say(info["warning"])
         unknown = sorted({t for info in self.worker_info for t in info["unknown_tasks"]})
         if unknown:
             raise ConfigError(
@@ -115,17 +125,32 @@ class WorkerPool:
                 "--task-search-path or evaluation.task_search_path)"
             )
 
+    def _connect(self, choice: cluster.ClusterChoice, per_worker: int) -> None:
+        """Join the cluster the options, RAY_ADDRESS or `ray start` name, else start ours."""
+        choice = cluster.connect(
+            choice,
+            num_cpus=max(os.cpu_count() or 1, per_worker * (self.options.num_workers or 1)),
+            init_kwargs=dict(include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.WARNING,
+                             runtime_env={"env_vars": WORKER_ENV}))
+        self._owns_ray = True  # we called ray.init: shutdown() disconnects (or stops ours)
+        self.joined = choice.join
+        if choice.note:
+            self._say(choice.note)
+
+    def _say(self, message: str) -> None:
+        if self.options.echo is not None:
+            self.options.echo(message)
+        else:
+            log.warning("%s", message)
+
     def _start_pairs(self, ray, eval_cls, merge_cls, spec: WorkerSpec, n_workers: int,
                      per_actor: dict) -> None:
         """One placement group per worker: its merger and its evaluator on one node."""
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        eval_bundle = {"CPU": 1, **({"GPU": 1} if self.use_gpu else {})}
-        have = int(ray.cluster_resources().get("CPU", 0))
-        if have < 2 * n_workers:
-            raise ConfigError(f"--strategy serial needs 2 CPUs per worker (a merger and an "
-                              f"evaluator): {n_workers} worker(s), but Ray has {have} CPUs")
+        eval_bundle = {"CPU": 1, **({"GPU": per_actor["num_gpus"]} if self.use_gpu else {})}
         for i in range(n_workers):
             pg = placement_group([{"CPU": 1}, eval_bundle], strategy="STRICT_PACK")
             self.placement_groups.append(pg)
@@ -180,24 +205,37 @@ class WorkerPool:
 
     # ---- running jobs ----------------------------------------------------------------------
     def run(self, jobs: Iterable[Job], on_result: Callable[[JobResult], None]) -> None:
-        """Evaluate `jobs` with the pool's strategy, calling `on_result` as each finishes."""
+        """Evaluate `jobs` with the pool's strategy, calling `on_result` as each finishes.
+
+        Raises WorkersLostError when every worker has died (a stopped cluster, a killed
+        raylet): the jobs not finished by then are not reported, so a resumed run does them.
+        """
         from llm_evo.evaluation import schedulers
 
+        jobs = list(jobs)
+        live = [i for i, a in enumerate(self.actors) if id(a) not in self._dead
+                and (not self.mergers or id(self.mergers[i]) not in self._dead)]
+        if jobs and not live:
+            raise WorkersLostError(schedulers.LOST)
         if self.options.strategy == "serial":
-            schedulers.run_serial(list(zip(self.mergers, self.actors, strict=True)), jobs,
+            schedulers.run_serial([(self.mergers[i], self.actors[i]) for i in live], jobs,
                                   on_result, self._alive)
         elif self.options.strategy == "buffered":
-            schedulers.run_buffered(self.actors, jobs, on_result, self._alive)
+            schedulers.run_buffered([self.actors[i] for i in live], jobs, on_result,
+                                    self._alive)
         else:
-            schedulers.run_pool(self.actors, jobs, on_result, self._alive)
+            schedulers.run_pool([self.actors[i] for i in live], jobs, on_result, self._alive)
 
     def _alive(self, actor) -> bool:
+        """Whether `actor` answers (after Ray restarted it, if it had to); one that does
+        not is remembered as dead and given no more work."""
         import ray
 
         try:
             ray.get(actor.pid.remote(), timeout=60)
             return True
         except Exception:  # noqa: BLE001 - dead or unreachable
+            self._dead.add(id(actor))
             return False
 
     def worker_pids(self) -> list[int]:

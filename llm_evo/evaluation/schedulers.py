@@ -11,6 +11,10 @@ worker idle while a job of the batch has not been started:
 - `serial`: per worker, a MergeWorker and an EvalWorker share a STRICT_PACK placement
   group, so a candidate is merged and scored on the same node (merges can stay on local
   disk); a pair merges its next job while scoring the current one, on the same rules.
+
+A job whose worker died for good (Ray could not restart it) is tried once more on another
+worker. When no worker is left, WorkersLostError is raised and the jobs not finished are
+not reported, so a resumed run does them rather than recording them as failed.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_evo.errors import WorkersLostError
 from llm_evo.evaluation.jobs import Job, JobResult
 
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[JobResult], None]
 IsAlive = Callable[[Any], bool]
+
+LOST = ("every Ray evaluation worker has died (was the Ray cluster stopped, or its raylet "
+        "killed?); finished evaluations are recorded: run the same command again to resume")
 
 
 def _failed(job: Job, error: str) -> JobResult:
@@ -50,24 +58,52 @@ def _collect(ref: Any, job: Job) -> tuple[JobResult, bool]:
         return _failed(job, f"{type(exc).__name__}: {_first_line(exc)}"), False
 
 
+@dataclass
+class _Lost:
+    """Jobs whose worker died for good: each is retried once on another worker; one lost
+    twice is reported as failed when the batch is done (never if no worker is left)."""
+
+    retried: set[tuple[int, int]] = field(default_factory=set)
+    failed: list[JobResult] = field(default_factory=list)
+
+    def retry(self, job: Job, result: JobResult, others: bool) -> bool:
+        """Whether to queue `job` again (`others`: some other worker is still alive)."""
+        key = (job.generation, job.idx)
+        if key in self.retried or not others:
+            self.failed.append(result)
+            return False
+        self.retried.add(key)
+        log.info("a worker was lost during job %d of generation %d; trying it on another",
+                 job.idx, job.generation)
+        return True
+
+    def report(self, on_result: OnResult) -> None:
+        for result in self.failed:
+            on_result(result)
+
+
 def run_pool(actors: list, jobs: Iterable[Job], on_result: OnResult, alive: IsAlive) -> None:
     import ray
 
     queue = deque(jobs)
     in_flight: dict = {}  # ObjectRef -> (actor, job)
     idle = list(actors)
+    lost = _Lost()
     while queue or in_flight:
         while queue and idle:
             actor, job = idle.pop(0), queue.popleft()
             in_flight[actor.evaluate.remote(job)] = (actor, job)
         if not in_flight:
-            raise RuntimeError("no evaluation workers are left alive")
+            raise WorkersLostError(LOST)
         done, _ = ray.wait(list(in_flight), num_returns=1)
         actor, job = in_flight.pop(done[0])
         result, died = _collect(done[0], job)
         if not died or alive(actor):
             idle.append(actor)
-        on_result(result)
+            on_result(result)
+        elif lost.retry(job, result, bool(idle or in_flight)):
+            queue.appendleft(job)
+    lost.report(on_result)
 
 
 def run_buffered(actors: list, jobs: Iterable[Job], on_result: OnResult,
@@ -79,6 +115,7 @@ def run_buffered(actors: list, jobs: Iterable[Job], on_result: OnResult,
     busy: set[int] = set()
     reserved: dict[int, Job] = {}  # worker -> the job it is merging in the background
     in_flight: dict = {}  # ObjectRef -> (worker, job)
+    lost = _Lost()
     while queue or in_flight or reserved:
         waiting = [i for i in live if i not in busy]
         while waiting:
@@ -98,7 +135,7 @@ def run_buffered(actors: list, jobs: Iterable[Job], on_result: OnResult,
             in_flight[actors[i].evaluate.remote(job, nxt)] = (i, job)
             busy.add(i)
         if not in_flight:
-            raise RuntimeError("no evaluation workers are left alive")
+            raise WorkersLostError(LOST)
         done, _ = ray.wait(list(in_flight), num_returns=1)
         i, job = in_flight.pop(done[0])
         busy.discard(i)
@@ -108,7 +145,11 @@ def run_buffered(actors: list, jobs: Iterable[Job], on_result: OnResult,
             orphan = reserved.pop(i, None)
             if orphan is not None:
                 queue.appendleft(orphan)
+            if lost.retry(job, result, bool(live)):
+                queue.appendleft(job)
+            continue
         on_result(result)
+    lost.report(on_result)
 
 
 @dataclass
@@ -134,6 +175,7 @@ def run_serial(pairs: list[tuple[Any, Any]], jobs: Iterable[Job], on_result: OnR
     live = list(range(len(slots)))
     owner: dict = {}  # eval ObjectRef -> slot index
     reported: set[tuple[int, int]] = set()
+    lost = _Lost()
 
     def submit(s: int, job: Job) -> None:
         slot = slots[s]
@@ -161,7 +203,7 @@ def run_serial(pairs: list[tuple[Any, Any]], jobs: Iterable[Job], on_result: OnR
             submit(s, ticket.job)
         if not owner:
             if queue:
-                raise RuntimeError("no evaluation workers are left alive")
+                raise WorkersLostError(LOST)
             break
         done, _ = ray.wait(list(owner), num_returns=1)
         ref = done[0]
@@ -170,16 +212,20 @@ def run_serial(pairs: list[tuple[Any, Any]], jobs: Iterable[Job], on_result: OnR
         ticket = next(t for t in slot.tickets if t.eval_ref is ref)
         slot.tickets.remove(ticket)
         result, died = _collect(ref, ticket.job)
+        key = (ticket.job.generation, ticket.job.idx)
         if died and not (alive(slot.evaluator) and alive(slot.merger)):
             live.remove(s)
             for t in slot.tickets:
                 owner.pop(t.eval_ref, None)
                 queue.appendleft(t.job)
             slot.tickets.clear()
-        key = (ticket.job.generation, ticket.job.idx)
+            if lost.retry(ticket.job, result, bool(live)):
+                queue.appendleft(ticket.job)
+            continue
         if key not in reported:
             reported.add(key)
             on_result(result)
+    lost.report(on_result)
 
 
 def _abandon(slot: _Slot, ticket: _Ticket) -> None:

@@ -37,5 +37,6 @@ def worker_spec(cfg: ScoringConfig, *, task_search_paths: Sequence[str], merge_d
         allow_crimes=allow_crimes,
         backend=ev.backend,
         torch_threads=ev.torch_threads,
+        gpus_per_worker=ev.gpus_per_worker,
         **extra,
     )

@@ -48,6 +48,14 @@ def _vllm_args(spec: Any, dtype: str) -> dict[str, Any]:
     if int(args.get("data_parallel_size", 1)) > 1:
         raise ConfigError("evaluation.model_args.data_parallel_size > 1 is not supported: "
                           "llm-evo already runs one worker per GPU")
+    gpus = spec.gpus_per_worker
+    if int(args.get("tensor_parallel_size", gpus)) != gpus:
+        raise ConfigError(
+            f"evaluation.model_args.tensor_parallel_size is {args['tensor_parallel_size']}, "
+            f"but each worker has {gpus} GPU(s): set evaluation.gpus_per_worker instead")
+    if gpus > 1:  # one engine over the worker's GPUs, in processes of its own
+        args["tensor_parallel_size"] = gpus
+        args.setdefault("distributed_executor_backend", "mp")
     return args
 
 

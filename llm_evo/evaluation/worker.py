@@ -26,12 +26,33 @@ QUIET_LOGGERS = ("lm-eval", "lm_eval", "transformers", "datasets", "mergekit", "
 
 
 def resolve_device(device: str) -> str:
-    """`auto` means the worker's GPU when it has one, else the CPU."""
+    """`auto` means the worker's GPU(s) when it has them, else the CPU."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def assigned_gpus() -> list[str]:
+    """The GPU ids Ray reserved for this actor ([] outside Ray, or with no GPU).
+
+    Ray's GPUs are logical: a cluster can offer GPUs that torch cannot see (no CUDA build,
+    no driver), and the worker then scores on the CPU rather than failing every candidate.
+    """
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return []
+        context = ray.get_runtime_context()
+        if hasattr(context, "get_accelerator_ids"):
+            ids = context.get_accelerator_ids().get("GPU", [])
+        else:  # Ray before 2.8
+            ids = ray.get_gpu_ids()
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        return []
+    return [str(i) for i in ids]
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -64,8 +85,14 @@ class EvalWorker:
             torch.set_num_threads(spec.torch_threads)
         self.spec = spec
         self.worker_id = worker_id
+        self.gpu_ids = assigned_gpus()
         self.device = resolve_device(spec.device)
         self.dtype = resolve_dtype(spec.dtype, self.device)
+        self.warning: str | None = None
+        if self.gpu_ids and not self.device.startswith("cuda"):
+            self.warning = (f"worker {worker_id}: Ray reserved GPU(s) {','.join(self.gpu_ids)} "
+                            f"but torch sees no CUDA device; it scores on the {self.device}")
+            logging.getLogger(__name__).warning("%s", self.warning)
         os.makedirs(spec.merge_dir, exist_ok=True)
 
         from llm_evo.evaluation.backends import make_backend
@@ -88,6 +115,8 @@ class EvalWorker:
             "host": socket.gethostname(),
             "device": self.device,
             "dtype": self.dtype,
+            "gpu_ids": self.gpu_ids,
+            "warning": self.warning,
             "unknown_tasks": self.unknown,
             "in_memory": self.spec.in_memory,
             "backend": self.spec.backend,

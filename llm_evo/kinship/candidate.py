@@ -335,6 +335,8 @@ def candidate_kinship(genome: Genome, slots: Sequence[TensorSlot], stats: DeltaS
     if method in ("linear", "task_arithmetic"):
         return CandidateKinship(genome, slots, stats)
     if method == "slerp":
+        if len(genome.models) != 2:
+            raise ConfigError("kinship: slerp over more than 2 models is not supported")
         return SlerpKinship(genome, slots, stats)
     if method in ("ties", "dare_ties"):
         from llm_evo.kinship.sketch import SketchKinship

@@ -87,7 +87,7 @@ class ChatClient:
     def __init__(
         self,
         *,
-        base_url: str,
+        base_url: str | None,
         api_key: str | None,
         model: str,
         timeout: float = 60.0,
@@ -104,8 +104,6 @@ class ChatClient:
             raise ConfigError(
                 f"llm.response_format: {response_format!r} is not one of auto, {', '.join(LADDER)}"
             )
-        self.base_url = base_url
-        self.url = safe_url(base_url)
         self.model = model
         self.timeout = timeout
         self.temperature = temperature
@@ -120,9 +118,13 @@ class ChatClient:
         self.mode: str | None = response_format if self.forced else None
         # Local servers ignore the key but the openai client insists on one.
         self._secret = api_key or ""
+        # base_url None: the openai client's own choice (OPENAI_BASE_URL, else OpenAI's
+        # endpoint), as LLM-Evo-Merge's `OpenAI(api_key=...)`. Building it calls nothing.
         self._client = openai.OpenAI(
             api_key=api_key or "EMPTY", base_url=base_url, timeout=timeout, max_retries=0
         )
+        self.base_url = base_url or str(self._client.base_url).rstrip("/")
+        self.url = safe_url(self.base_url)
 
     # ---- redaction --------------------------------------------------------------------------
     def redact(self, text: Any) -> str:

@@ -66,7 +66,7 @@ class Layout:
     def from_scale(self, values: np.ndarray) -> np.ndarray:
         """The inverse of to_scale, clipped to the genome's real range."""
         v = np.asarray(values, dtype=np.float64)
-        return self.space.clip(self.space.lower + v / SCALE * self._span)
+        return self.space.clip_range(self.space.lower + v / SCALE * self._span)
 
     def grid(self, genotype: np.ndarray) -> list[list[int]]:
         ints = np.rint(self.to_scale(genotype)).astype(int).tolist()

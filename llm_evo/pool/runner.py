@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from llm_evo.config import format_diff, resume_diff
-from llm_evo.errors import ConfigError
+from llm_evo.errors import ConfigError, WorkersLostError
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.genome import dump_yaml, model_label, resolve_path
 from llm_evo.options import SessionOptions
@@ -201,7 +201,8 @@ class PoolRunner:
             self.kin.values[pair] = math.nan if value is None else value
         pool = WorkerPool(spec, RayPoolOptions(ray_address=self.options.ray_address,
                                                num_workers=self.options.num_workers,
-                                               num_gpus=self.options.num_gpus))
+                                               num_gpus=self.options.num_gpus,
+                                               echo=self.echo))
         status, reason, last_round = "failed", "error", 0
         try:
             pool.start()
@@ -212,8 +213,8 @@ class PoolRunner:
                       f"exploration {'on' if self.section.exploration else 'off'}")
             reason, last_round = self._loop(pool)
             status = "finished"
-        except KeyboardInterrupt:
-            status, reason = "interrupted", "interrupted"
+        except (KeyboardInterrupt, WorkersLostError):
+            status, reason = "interrupted", "interrupted"  # resumable: nothing finished is lost
             raise
         finally:
             ledger.finish_run(self.run_id, status, reason)

@@ -38,7 +38,8 @@ class Strategy(ABC):
 
     @abstractmethod
     def ask(self) -> list[np.ndarray]:
-        """The next generation's genotypes, each inside [space.lower, space.upper]."""
+        """The next generation's genotypes, each inside the space's bounds (`space.clip`;
+        genes mergekit-evolve leaves unbounded may leave [space.lower, space.upper])."""
 
     @abstractmethod
     def tell(self, genotypes: list[np.ndarray], scores: list[float | None]) -> None:

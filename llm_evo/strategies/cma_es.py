@@ -1,25 +1,48 @@
 """CMA-ES through the `cma` package, kept inside the genome's box by clipping.
 
-pycma's own bound handling maps samples through a transform and finds each sample's
-genotype again at `tell` time in an archive keyed by `hash(x.tobytes())`. Python salts
-that hash per process, so after a resume the lookup misses and the genotype is rebuilt
-with ~1e-12 error, and the run drifts from the uninterrupted one. So we sample without
-pycma's bounds, evaluate the clipped point, and tell pycma its own raw sample: a lookup
-miss then costs nothing. pycma also samples from NumPy's global RNG by default; we give
-it a private, seeded RandomState through its `randn` option instead, so the RNG travels
-inside the pickled strategy. Together, a resumed run is bit-identical to an
-uninterrupted one, in any process.
+A resumed run must be bit-identical to an uninterrupted one, in a fresh process. Three
+things in pycma stood in the way:
+
+- pycma files each sample it hands out in an archive keyed by `hash(x.tobytes())`. Python
+  salts that hash per process, so after a restore `tell` finds none of the samples of the
+  generation in flight, treats them as foreign and "repairs" every one that lies beyond a
+  Mahalanobis radius (shrinks it towards the mean), which the uninterrupted run, finding
+  them, never does: the covariance update then differs by rounding (1e-12), or by far more
+  when a repaired sample is among the selected. We tell with `check_points=False`, so no
+  sample is repaired in either process, which is exactly what the uninterrupted run did.
+  Likewise we sample without pycma's bounds (its transform also goes through that archive),
+  evaluate the clipped point and tell pycma its own raw sample.
+- pycma samples from NumPy's global RNG by default; a private, seeded RandomState passed as
+  its `randn` option travels inside the pickled strategy instead.
+- Its linear algebra runs on the process's BLAS, whose summation order depends on the
+  number of BLAS threads once the genome has a few hundred genes. Every pycma call runs
+  under a one-thread BLAS limit, so a resume with other OMP/OPENBLAS settings or on a
+  machine with more cores proposes the same genotypes.
+
+What remains machine-dependent is the BLAS kernel itself: OpenBLAS picks it by CPU (or
+OPENBLAS_CORETYPE), and an AVX2 kernel rounds differently from an AVX-512 one. So a resume
+is bit-identical with the same NumPy build on the same kind of CPU; on another kind, the
+genotypes that follow can differ in their last digits (1e-15 to 1e-10 in our measurements).
 """
 
 from __future__ import annotations
 
 import base64
 import pickle
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 
 from llm_evo.strategies.base import Strategy, fill_failed
+
+
+def one_blas_thread() -> AbstractContextManager:
+    """A context in which BLAS uses one thread, so pycma's results do not depend on the
+    thread count (which OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and the core count set)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
 
 
 class CMAES(Strategy):
@@ -34,6 +57,7 @@ class CMAES(Strategy):
         if self.options.get("random_init"):  # mergekit-evolve's `random_init: true`
             x0 = np.random.default_rng(self.seed).uniform(space.lower, space.upper)
         self._raw: list[np.ndarray] | None = None  # pycma's samples, before clipping
+        self.restarts = 0  # seeds each restart's noise, so it is part of the state
         self.es = self._new_es(x0, sigma0)
 
     def _new_es(self, x0: np.ndarray, sigma0: float, restart: int = 0):
@@ -47,18 +71,21 @@ class CMAES(Strategy):
             "verb_disp": 0,
             "verb_log": 0,
         }
-        return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=float), sigma0, opts)
+        with one_blas_thread():
+            return cma.CMAEvolutionStrategy(np.asarray(x0, dtype=float), sigma0, opts)
 
     def ask(self) -> list[np.ndarray]:
         if self._raw is None:
-            self._raw = [np.asarray(x, dtype=float) for x in self.es.ask()]
+            with one_blas_thread():
+                self._raw = [np.asarray(x, dtype=float) for x in self.es.ask()]
         return [self.space.clip(x) for x in self._raw]
 
     def tell(self, genotypes: list[np.ndarray], scores: list[float | None]) -> None:
         if self._raw is None or len(genotypes) != len(self._raw):
             raise ValueError("tell() must follow ask() with the same number of genotypes")
         fitness = fill_failed(scores)
-        self.es.tell(self._raw, (-fitness).tolist())
+        with one_blas_thread():  # check_points=False: never repair our own samples (above)
+            self.es.tell(self._raw, (-fitness).tolist(), check_points=False)
         self._raw = None
         self.generation += 1
 
@@ -66,7 +93,7 @@ class CMAES(Strategy):
         """Restart around the current mean with a larger step (used on stagnation)."""
         mean = self.space.clip(self.es.mean)
         sigma = min(self.es.sigma * sigma_factor, 0.5)
-        self.restarts = getattr(self, "restarts", 0) + 1
+        self.restarts += 1
         self.es = self._new_es(mean, sigma, restart=self.restarts)
         self._raw = None
         self.emit("cma_restart", sigma=sigma, reason=reason)
@@ -80,8 +107,10 @@ class CMAES(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         blob = pickle.dumps((self.es, self._raw))
-        return {"generation": self.generation, "es": base64.b64encode(blob).decode("ascii")}
+        return {"generation": self.generation, "restarts": self.restarts,
+                "es": base64.b64encode(blob).decode("ascii")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generation = state["generation"]
+        self.restarts = state.get("restarts", 0)  # older checkpoints lack it
         self.es, self._raw = pickle.loads(base64.b64decode(state["es"]))

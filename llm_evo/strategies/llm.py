@@ -27,6 +27,8 @@ from llm_evo.strategies.base import Strategy, rng_from_state, rng_state
 
 logger = logging.getLogger(__name__)
 
+OPENAI_DEFAULT_MODEL = "gpt-4o"  # LLM-Evo-Merge's --llm-model default
+
 
 class LLMStrategy(Strategy):
     """Ask/tell around a chat model's proposed mean genome.
@@ -61,16 +63,13 @@ class LLMStrategy(Strategy):
         self.cfg = llm or LLMConfig()
         self.sigma_low = float(sigma_low)
         self.sigma_high = float(sigma_high)
-        model = model or self.cfg.model
-        base_url = base_url or self.cfg.base_url or os.environ.get("OPENAI_BASE_URL")
+        base_url = base_url or self.cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        # As LLM-Evo-Merge: no URL means OpenAI's own endpoint, where gpt-4o is the default
+        # model; a server of one's own has no default model to assume.
+        model = model or self.cfg.model or (None if base_url else OPENAI_DEFAULT_MODEL)
         if not model:
             raise ConfigError("llm.model: the llm strategy needs a chat model (set --llm-model)")
-        if not base_url:
-            raise ConfigError(
-                "llm.base_url: the llm strategy needs a server URL "
-                "(set --llm-base-url or OPENAI_BASE_URL)"
-            )
         self.layout = Layout.from_space(space)
         self.templates = PromptTemplates(self.cfg.system_prompt, self.cfg.user_prompt)
         self.system_prompt = self.templates.render_system(self.layout, self.cfg.thought_max_chars)
@@ -153,10 +152,12 @@ class LLMStrategy(Strategy):
     def _population(self, mean: np.ndarray, sigma: float) -> list[np.ndarray]:
         """The mean itself, then Gaussian perturbations clipped to the real gene ranges."""
         span = self.space.upper - self.space.lower
-        out = [self.space.clip(mean)]
+        # clip_range: every genotype stays on the 0..100 grid the model reads and writes,
+        # even for genes CMA-ES may take beyond it (LLM-Evo-Merge clips to [0, 1] too).
+        out = [self.space.clip_range(mean)]
         for _ in range(self.population_size - 1):
             noise = self.rng.standard_normal(self.space.n_genes) * sigma * span
-            out.append(self.space.clip(mean + noise))
+            out.append(self.space.clip_range(mean + noise))
         return out
 
     def tell(self, genotypes: list[np.ndarray], scores: list[float | None]) -> None:
@@ -166,7 +167,7 @@ class LLMStrategy(Strategy):
         for genotype, score in zip(genotypes, scores, strict=True):
             if score is None or not math.isfinite(score):
                 continue
-            self._archive(self.space.clip(genotype), float(score))
+            self._archive(self.space.clip_range(genotype), float(score))
         if self.archive:
             self.best_genotype, self.best_fitness = self.archive[0][0].copy(), self.archive[0][1]
         self.improved = self.best_fitness is not None and (

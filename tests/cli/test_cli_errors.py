@@ -137,3 +137,79 @@ def test_help_imports_no_heavy_package():
             "if m in sys.modules]\nprint('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def _run_args(tmp_path, fake_models, *flags, extra=""):
+    path = write(tmp_path, f"""genome:
+  models: [{fake_models['ft_a']}, {fake_models['ft_b']}]
+  merge_method: linear
+tasks: [t]
+{extra}""")
+    return cli("llm-evo", "run", str(path), "--storage-path", str(tmp_path / "s"), *flags)
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (("--search", "cma", "--llm-model", "gpt-4o"), ("--llm-model", "--search llm")),
+    (("--load-in-8bit", "--load-in-4bit"), ("--load-in-8bit and --load-in-4bit",)),
+    (("--load-in-4bit", "--vllm"), ("--load-in-4bit", "HF backend only")),
+    (("--load-in-8bit", "--in-memory"), ("--load-in-8bit", "--in-memory")),
+])
+def test_contradicting_parity_flags_are_one_line(tmp_path, fake_models, flags, needles):
+    assert_one_line_error(_run_args(tmp_path, fake_models, *flags), *needles)
+
+
+def test_llm_flag_against_the_configs_strategy(tmp_path, fake_models):
+    proc = _run_args(tmp_path, fake_models, "--api-key", "sk-secret-123",
+                     extra="search:\n  strategy: random\n")
+    assert_one_line_error(proc, "--api-key", "search.strategy in the config")
+    assert "sk-secret-123" not in proc.stderr
+
+
+def test_load_in_8bit_without_bitsandbytes(tmp_path, fake_models):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed")
+    assert_one_line_error(_run_args(tmp_path, fake_models, "--load-in-8bit"),
+                          "--load-in-8bit needs bitsandbytes", "not installed")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (("--max-fevals", "0"), "--max-fevals"),
+    (("--timeout", "0"), "--timeout"),
+    (("--sigma0", "-1"), "--sigma0"),
+])
+def test_bad_parity_flag_values_are_exit_2(tmp_path, fake_models, flags, needle):
+    proc = _run_args(tmp_path, fake_models, *flags)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and needle in proc.stderr
+
+
+def test_model_references_validate(tmp_path, fake_models):
+    """mergekit's ModelReference forms: a revision, a mapping, a base+LoRA."""
+    lora = tmp_path / "adapter"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text("{}")
+    path = write(tmp_path, f"""genome:
+  models:
+    - {{model: {{path: {fake_models['ft_a']}, revision: main}}}}
+    - {fake_models['ft_b']}+{lora}
+  merge_method: task_arithmetic
+  base_model: {fake_models['base']}@main
+tasks: [t]
+""")
+    proc = cli("llm-evo", "validate", str(path), "--skip-tasks")
+    assert proc.returncode == 0, proc.stderr
+    assert "models: ft_a@main, ft_b+adapter" in proc.stdout
+    (lora / "adapter_config.json").unlink()
+    assert_one_line_error(cli("llm-evo", "validate", str(path), "--skip-tasks"),
+                          "genome.models[1]", "adapter_config.json")
+
+
+def test_bad_model_reference_is_one_line(tmp_path, fake_models):
+    path = write(tmp_path, f"""genome:
+  models: [{fake_models['ft_a']}, a@b@c]
+  merge_method: linear
+tasks: [t]
+""")
+    assert_one_line_error(cli("llm-evo", "validate", str(path)), "genome.models.1",
+                          "more than one '@'")

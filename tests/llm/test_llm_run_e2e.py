@@ -29,6 +29,8 @@ def test_llm_strategy_run_stores_transcript_and_never_the_key(tmp_path, tiny_fam
                "--llm-base-url", llama_server, "--llm-model", "smollm2", "--num-workers", "2",
                "--verbose", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # generation 2 asked SmolLM2 for its mean; the summary says whether it was used
+    assert "LLM proposals used: " in proc.stdout and " of 1 generations" in proc.stdout
 
     db = sqlite3.connect(storage / "llm_evo.sqlite")
     gens = db.execute("SELECT DISTINCT generation FROM candidates ORDER BY 1").fetchall()
@@ -47,3 +49,27 @@ def test_llm_strategy_run_stores_transcript_and_never_the_key(tmp_path, tiny_fam
                           capture_output=True, text=True)
     assert grep.stdout == "" and grep.returncode == 1
     assert SECRET not in proc.stdout and SECRET not in proc.stderr
+
+
+def test_an_llm_that_never_answers_usably_fails_the_run_out_loud(tmp_path, tiny_family,
+                                                                 fault_server):
+    """Every answer is unparseable: the search still runs (falling back to the best genome)
+    and records everything, but the command exits non-zero with one line saying why."""
+    from llm_helpers import API_KEY
+
+    fault_server.always = "not_json_at_all"
+    config = write_config(tmp_path, tiny_family, strategy="llm", population=3, generations=2,
+                          limit=10, extra={"search": {"evaluate_parents": False},
+                                           "llm": {"max_retries": 0}})
+    storage = tmp_path / "run"
+    proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
+               "--llm-base-url", fault_server.url, "--llm-model", "fault",
+               "--num-workers", "2", env={**os.environ, "OPENAI_API_KEY": API_KEY})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no usable proposal in 1 generation" in errors[0]
+    assert "LLM proposals used: 0 of 1 generations" in proc.stdout
+    db = sqlite3.connect(storage / "llm_evo.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM candidates").fetchone() == (6,)
+    assert db.execute("SELECT status FROM runs").fetchone() == ("finished",)

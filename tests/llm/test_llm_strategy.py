@@ -210,12 +210,29 @@ def test_ask_twice_does_not_call_the_model_twice(fault_server: FaultServer) -> N
 
 
 # ---- configuration -------------------------------------------------------------------------
-def test_missing_model_or_url_is_a_config_error(monkeypatch) -> None:
+def test_a_server_of_ones_own_needs_a_model(monkeypatch) -> None:
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ConfigError, match=r"^llm\.model:"):
         LLMStrategy(make_space(), seed=0, llm=LLMConfig(), base_url="http://127.0.0.1:1/v1")
-    with pytest.raises(ConfigError, match=r"^llm\.base_url:"):
-        LLMStrategy(make_space(), seed=0, llm=LLMConfig(model="m"))
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    with pytest.raises(ConfigError, match=r"^llm\.model:"):
+        LLMStrategy(make_space(), seed=0, llm=LLMConfig())
+
+
+def test_no_url_means_openais_endpoint_as_in_llm_evo_merge(monkeypatch) -> None:
+    """LLM-Evo-Merge's `OpenAI(api_key=...)`: no URL anywhere selects OpenAI's endpoint and
+    its default model gpt-4o. Building the strategy without its preflight calls nothing
+    (this machine cannot resolve api.openai.com, so a call would fail here)."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    strategy = LLMStrategy(make_space(), seed=0, llm=LLMConfig(), api_key=API_KEY,
+                           preflight=False)
+    assert strategy.client.url == "https://api.openai.com/v1"
+    assert strategy.client.model == "gpt-4o"
+    (config,) = of_kind(strategy.drain_events(), "llm_config")
+    assert config["base_url"] == "https://api.openai.com/v1" and config["model"] == "gpt-4o"
+    named = LLMStrategy(make_space(), seed=0, llm=LLMConfig(model="gpt-4o-mini"),
+                        preflight=False)
+    assert named.client.model == "gpt-4o-mini"
 
 
 def test_url_and_key_from_the_environment(fault_server: FaultServer, monkeypatch) -> None:

@@ -73,7 +73,7 @@ def test_population_and_bounds(name):
         assert len(xs) == 6
         for x in xs:
             assert x.shape == (sp.n_genes,)
-            assert np.all(x >= sp.lower) and np.all(x <= sp.upper)
+            assert np.all(x >= sp.bound_lower) and np.all(x <= sp.bound_upper)
         s.tell(xs, [fitness(x) for x in xs])
 
 
