@@ -10,7 +10,7 @@ candidate's wall time down into merge, load, evaluate and the rest:
 2. in memory: `--in-memory` (merged tensors copied into one resident model);
 3. by hand: what a user would script, `mergekit-yaml` then the `lm_eval` CLI per candidate.
 
-Paths 1 and 2 run through the real Ray pool (`pool` and `buffered` scheduling, 1 and 2
+Paths 1 and 2 run through the real Ray workers (`pool` and `buffered` scheduling, 1 and 2
 workers). Worker start-up and the parents' evaluation (which a run does first, and which
 loads the resident model) are timed apart and not counted per candidate. All paths must
 give the same scores; the script checks it. Run from the repo root:
@@ -102,28 +102,28 @@ def genotypes(genome, n: int, seed: int = 0) -> list:
     return [rng.uniform(genome.space.lower, genome.space.upper) for _ in range(n)]
 
 
-def run_pool(spec, genome, xs, root: Path, strategy: str, workers: int, label: str) -> Row:
+def run_workers(spec, genome, xs, root: Path, strategy: str, workers: int, label: str) -> Row:
     from llm_evo.evaluation.jobs import Job
-    from llm_evo.evaluation.pool import PoolOptions, WorkerPool
+    from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
 
     t0 = time.perf_counter()
-    pool = WorkerPool(spec, PoolOptions(num_workers=workers, strategy=strategy))
-    pool.start()
+    worker_set = WorkerSet(spec, WorkerOptions(num_workers=workers, strategy=strategy))
+    worker_set.start()
     try:
         # the parents first, as a run does: this also loads each worker's resident model
         parents = [Job(-1, i, model_path=str(root / m), kind="parent")
                    for i, m in enumerate((*FAMILY, "base"))]
         for _ in range(max(1, workers)):
-            pool.run(parents, lambda r: None)
+            worker_set.run(parents, lambda r: None)
         startup = time.perf_counter() - t0
         jobs = [Job(0, i, merge_config=genome.merge_config_dict(x, "float32"))
                 for i, x in enumerate(xs)]
         results = {}
         t1 = time.perf_counter()
-        pool.run(jobs, lambda r: results.__setitem__(r.idx, r))
+        worker_set.run(jobs, lambda r: results.__setitem__(r.idx, r))
         wall = time.perf_counter() - t1
     finally:
-        pool.shutdown()
+        worker_set.shutdown()
     bad = [r.error for r in results.values() if r.status != "ok"]
     if bad:
         raise RuntimeError(f"{label}: {len(bad)} failed candidates, e.g. {bad[0]}")
@@ -144,7 +144,7 @@ def run_with_retry(spec, genome, xs, root: Path, strategy: str, workers: int, la
 
     for attempt in range(attempts):
         try:
-            return run_pool(spec, genome, xs, root, strategy, workers, label)
+            return run_workers(spec, genome, xs, root, strategy, workers, label)
         except Exception as exc:  # noqa: BLE001 - retried, then re-raised
             if attempt == attempts - 1:
                 raise

@@ -1,6 +1,6 @@
-"""The generation loop: ask the strategy, evaluate on the pool, record, tell.
+"""The generation loop: ask the strategy, evaluate on the workers, record, tell.
 
-The controller owns Ray (through the pool), storage and progress output; strategies and
+The controller owns Ray (through the worker set), storage and progress output; strategies and
 the genome stay pure. Each finished evaluation is recorded before anything else happens,
 and `best_config.yaml` is rewritten the moment the best improves.
 """
@@ -28,9 +28,9 @@ from llm_evo.genome import Genome, model_label
 from llm_evo.kinship_search import KinshipSearch
 from llm_evo.model_ref import parent_job_source
 from llm_evo.options import SessionOptions
-from llm_evo.progress import GenerationProgress
+from llm_evo.report.progress import ProgressFactory, silent_progress
 from llm_evo.storage import CandidateRecord, RunStorage
-from llm_evo.strategies import Strategy, make_strategy
+from llm_evo.strategies import Strategy, strategy_from_config
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,12 @@ class Controller:
     """Runs one search: parents first, then `max_generations` generations."""
 
     def __init__(self, config: RunConfig, genome: Genome, options: RunOptions,
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = print, progress: ProgressFactory | None = None):
         self.config = config
         self.genome = genome
         self.options = options
         self.echo = echo
+        self.progress = progress or silent_progress  # the CLI's bars on stderr, else silent
         self.storage = RunStorage(options.storage_path)
         self.root = Path(options.storage_path)
         self.best: CandidateRecord | None = None
@@ -131,25 +132,16 @@ class Controller:
             self.echo("search.init data: " + ", ".join(
                 f"{label} {w:.3f} (loss {loss:.3f})" for label, w, loss in
                 zip(self.genome.model_labels, init.weights, init.losses, strict=True)))
-        strategy = make_strategy(
-            s.strategy,
-            space,
-            seed=s.seed,
-            population_size=s.population_size,
-            sigma0=s.sigma0,
-            sigma_low=s.sigma_low,
-            sigma_high=s.sigma_high,
-            random_init=self.config.random_init,
-            llm=self.config.llm,
-            **self.options.strategy_kwargs,
-        )
+        # Only the strategy's own options; secrets (an API key) come from the command line.
+        strategy = strategy_from_config(space, self.config, self.options.strategy_kwargs)
+        strategy.start()  # e.g. the LLM server's preflight: a bad key stops the run here
         if init is not None:  # recorded in the ledger with the run's first events
             strategy.emit("init_data", **init.to_dict())
         return strategy
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
-        from llm_evo.evaluation.pool import PoolOptions, WorkerPool
+        from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
 
         started = time.perf_counter()
         strategy = self._strategy()  # fails fast (e.g. an LLM preflight) before Ray starts
@@ -159,7 +151,7 @@ class Controller:
         run_id, start_gen, resumed = self._open_run(strategy)
         self.run_id = run_id
         tracker = self._tracker()
-        pool = WorkerPool(self._worker_spec(), PoolOptions(
+        workers = WorkerSet(self._worker_spec(), WorkerOptions(
             ray_address=self.options.ray_address,
             num_workers=self.options.num_workers,
             num_gpus=self.options.num_gpus,
@@ -168,15 +160,15 @@ class Controller:
         ))
         status = "failed"
         try:
-            pool.start()
-            self._describe_workers(pool)
+            workers.start()
+            self._describe_workers(workers)
             tracker = _guarded(tracker, "start")
             if self.config.search.evaluate_parents:
-                self._evaluate_parents(pool)
+                self._evaluate_parents(workers)
             self.n_generations = generation_count(self.config, strategy.population_size)
             search_started = time.monotonic()
             for gen in range(start_gen, self.n_generations):
-                self._generation(gen, strategy, pool)
+                self._generation(gen, strategy, workers)
                 tracker = _guarded(tracker, "log_generation", gen)
                 timeout = self.options.timeout
                 if timeout is not None and time.monotonic() - search_started > timeout:
@@ -190,7 +182,7 @@ class Controller:
             raise
         finally:
             self.storage.set_status(run_id, status)
-            pool.shutdown()
+            workers.shutdown()
             _guarded(tracker, "finish", self._best_config_path(), status)
         final_path = self._final_merge() if self.options.save_final_model else None
         cands = self.storage.candidates(run_id, kind="candidate")
@@ -257,19 +249,19 @@ class Controller:
     def _tracker(self):
         if not (self.config.wandb.enabled or self.options.wandb_overrides.get("enabled")):
             return None
-        from llm_evo.tracking import make_tracker
+        from llm_evo.report.tracking import make_tracker
 
         return make_tracker(self.config, self.storage, self.run_id, self.genome,
                             overrides=self.options.wandb_overrides)
 
-    def _describe_workers(self, pool) -> None:
-        infos = pool.worker_info
+    def _describe_workers(self, workers) -> None:
+        infos = workers.worker_info
         devices = sorted({i["device"] for i in infos})
         self.merge_dtype = infos[0]["dtype"] if infos else "float32"
         self.echo(f"workers: {len(infos)} on {', '.join(devices)} "
                   f"(dtype {self.merge_dtype}); genes: {self.genome.n_genes}")
 
-    def _evaluate_parents(self, pool) -> None:
+    def _evaluate_parents(self, workers) -> None:
         models = list(self.genome.models)
         if self.genome.base_model and self.genome.base_model not in models:
             models.append(self.genome.base_model)
@@ -279,26 +271,25 @@ class Controller:
                 for i, m in enumerate(models) if i not in done}
         if not jobs:
             return
-        progress = GenerationProgress("parents", len(jobs), quiet=self.options.quiet)
+        progress = self.progress("parents", len(jobs))
 
         def on_result(res: JobResult) -> None:
             job = jobs[res.idx]
             self.storage.record(self.run_id, _record(res, job, None, None))
             progress.update(res.score if res.status == "ok" else None)
 
-        pool.run(jobs.values(), on_result)
+        workers.run(jobs.values(), on_result)
         progress.close()
 
-    def _generation(self, gen: int, strategy: Strategy, pool) -> None:
+    def _generation(self, gen: int, strategy: Strategy, workers) -> None:
         genotypes = [np.asarray(g, dtype=np.float64) for g in strategy.ask()]
         kinship = (self.kinship.assess(self.run_id, gen, genotypes, strategy)
                    if self.kinship else [None] * len(genotypes))
         self.storage.add_events(self.run_id, strategy.drain_events())
         self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict(), phase="asked")
         scores: list[float | None] = [None] * len(genotypes)
-        progress = GenerationProgress(f"gen {gen + 1}/{self.n_generations}",
-                                      len(genotypes), best=self._best_score(),
-                                      quiet=self.options.quiet)
+        progress = self.progress(f"gen {gen + 1}/{self.n_generations}", len(genotypes),
+                                 best=self._best_score())
         recorded = {c.idx: c for c in self.storage.candidates(self.run_id, generation=gen)}
         jobs: list[Job] = []
         configs: dict[int, str] = {}
@@ -330,7 +321,7 @@ class Controller:
                 self._maybe_new_best(rec)
             progress.update(res.score if res.status == "ok" else None, best=self._best_score())
 
-        pool.run(jobs, on_result)
+        workers.run(jobs, on_result)
         progress.close()
         strategy.tell(genotypes, scores)
         if self.kinship:

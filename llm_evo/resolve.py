@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_evo.config import RunConfig
+from llm_evo.config import RunConfig, ScoringConfig
 from llm_evo.errors import ConfigError, InvalidGenotypeError
 from llm_evo.genome import Genome, resolve_path
 from llm_evo.model_ref import parse_model_ref
@@ -136,9 +136,10 @@ def check_benchmarks(config: RunConfig, allow: bool) -> list[str]:
     return warnings
 
 
-def task_search_paths(config: RunConfig, extra: tuple[str, ...] | list[str] = (),
+def task_search_paths(config: ScoringConfig, extra: tuple[str, ...] | list[str] = (),
                       config_dir: Path | None = None) -> list[str]:
-    """The config's task_search_path plus the CLI's, each checked to exist."""
+    """A run or pool config's task_search_path plus the CLI's, each resolved against the
+    config's folder and checked to exist (the one place either command does this)."""
     paths = []
     for p in [*config.evaluation.task_search_path, *extra]:
         resolved = resolve_path(p, config_dir)
@@ -168,8 +169,12 @@ def unknown_tasks(task_manager, names: list[str]) -> list[str]:
     return [n for n in names if n not in known]
 
 
-def check_tasks(config: RunConfig, task_manager) -> None:
-    missing = unknown_tasks(task_manager, [t.name for t in config.tasks])
+def check_tasks(config: ScoringConfig, task_manager) -> None:
+    refuse_unknown_tasks(unknown_tasks(task_manager, [t.name for t in config.tasks]))
+
+
+def refuse_unknown_tasks(missing: list[str]) -> None:
+    """The one error for tasks lm-eval does not know, from `validate` or from the workers."""
     if missing:
         raise ConfigError(
             f"tasks: unknown lm-eval task {', '.join(missing)} (add its folder with "

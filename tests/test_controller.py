@@ -79,17 +79,17 @@ def test_invalid_genotype_recorded_and_run_finishes(tmp_path, tiny_family, ray_c
     assert store.runs()[0]["status"] == "finished"
 
 
-def test_pool_survives_a_failing_merge(tmp_path, tiny_family, ray_cluster):
+def test_workers_survive_a_failing_merge(tmp_path, tiny_family, ray_cluster):
     from llm_evo.evaluation.jobs import Job, TaskSpec, WorkerSpec
-    from llm_evo.evaluation.pool import PoolOptions, WorkerPool
+    from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
     from tests.e2e_helpers import TASKS, family_dir
 
     root = family_dir(tiny_family)
     spec = WorkerSpec(tasks=tuple(TaskSpec(t, 1.0, "acc,none") for t in TASKS),
                       task_search_paths=(str(root / "tasks"),), merge_dir=str(tmp_path),
                       limit=10)
-    pool = WorkerPool(spec, PoolOptions(num_workers=2))
-    pool.start()
+    workers = WorkerSet(spec, WorkerOptions(num_workers=2))
+    workers.start()
     try:
         bad = {"merge_method": "linear", "models": [
             {"model": str(tmp_path / "missing_a"), "parameters": {"weight": 1.0}},
@@ -97,10 +97,10 @@ def test_pool_survives_a_failing_merge(tmp_path, tiny_family, ray_cluster):
         jobs = [Job(0, 0, model_path=str(root / "base")), Job(0, 1, merge_config=bad),
                 Job(0, 2, model_path=str(root / "ft_arith"))]
         got = {}
-        pool.run(jobs, lambda r: got.__setitem__(r.idx, r))
+        workers.run(jobs, lambda r: got.__setitem__(r.idx, r))
         assert sorted(got) == [0, 1, 2]
         assert got[0].status == got[2].status == "ok"
         assert got[1].status == "failed" and got[1].error
         assert {r.worker for r in got.values()} <= {"w0", "w1"}
     finally:
-        pool.shutdown()
+        workers.shutdown()

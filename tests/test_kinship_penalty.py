@@ -170,7 +170,7 @@ def ray_cluster():
 @pytest.mark.slow
 def test_real_run_with_kinship_penalty(tmp_path, tiny_family, ray_cluster):
     from llm_evo.controller import Controller, RunOptions
-    from llm_evo.report_text import summary_text
+    from llm_evo.report.summary import summary_text
     from llm_evo.resolve import build_genome
 
     kinship = {"penalty": 2.0, "threshold": 0.5, "stagnation": 0.0,

@@ -1,19 +1,9 @@
-"""Shared CLI plumbing: load a config, apply flag overrides, set up logging."""
+"""Shared CLI plumbing: set up logging."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
-from llm_evo.config import RunConfig, load_config, with_overrides
-
-
-def load_with_overrides(path: str, overrides: dict[str, Any]) -> tuple[RunConfig, Path]:
-    """The validated config with CLI flags applied, and the folder it came from."""
-    config = load_config(path)
-    config = with_overrides(config, overrides)
-    return config, Path(path).resolve().parent
 
 
 def setup_logging(verbose: bool, log_file: Path | None = None) -> None:

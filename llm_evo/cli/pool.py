@@ -53,10 +53,11 @@ def pool(config_path: str, storage_path: str, top_k: int | None, exploration: bo
     from pathlib import Path
 
     from llm_evo.cli.common import setup_logging
-    from llm_evo.pool.config import load_pool_config, with_pool_overrides
+    from llm_evo.config import load_pool_config, with_overrides
     from llm_evo.pool.runner import PoolOptions, PoolRunner, describe
+    from llm_evo.report.progress import progress_factory
 
-    config = with_pool_overrides(load_pool_config(config_path), {
+    config = with_overrides(load_pool_config(config_path), {
         "pool.top_k": top_k,
         "pool.exploration": exploration,
         "pool.merge_method": merge_method,
@@ -81,7 +82,8 @@ def pool(config_path: str, storage_path: str, top_k: int | None, exploration: bo
         quiet=quiet,
         force_new_run=force_new_run,
     )
-    runner = PoolRunner(config, options, echo=lambda m: click.echo(m, err=True))
+    runner = PoolRunner(config, options, echo=lambda m: click.echo(m, err=True),
+                        progress=progress_factory(sys.stderr, quiet=quiet))
     try:
         summary = runner.run()
     except KeyboardInterrupt:

@@ -14,14 +14,16 @@ import click
 def report(storage_path: str, run_id: int | None, out_dir: str | None) -> None:
     """Write score, genome, kinship and timing plots and summary.md for a stored run
     (for a `llm-evo pool` run: its family tree, rounds and summary.md)."""
-    from llm_evo.pool.report import is_pool_storage
+    from llm_evo.storage import PoolLedger, open_ledger
 
-    if is_pool_storage(storage_path):
-        from llm_evo.pool.report import PLOTS, write_pool_report
+    with open_ledger(storage_path) as ledger:  # which kind of run the folder holds
+        is_pool = isinstance(ledger, PoolLedger)
+    if is_pool:
+        from llm_evo.report.pool import PLOTS, write_pool_report
 
         result = write_pool_report(storage_path, run_id=run_id, out_dir=out_dir)
     else:
-        from llm_evo.report import PLOTS, write_report
+        from llm_evo.report.run import PLOTS, write_report
 
         result = write_report(storage_path, run_id=run_id, out_dir=out_dir)
     click.echo(f"run {result.run_id}: report in {result.out_dir}")

@@ -107,7 +107,8 @@ def run(config_path: str, **flags: Any) -> None:
         secret_kwargs,
     )
     from llm_evo.controller import Controller, RunOptions
-    from llm_evo.report_text import summary_text
+    from llm_evo.report.progress import progress_factory
+    from llm_evo.report.summary import summary_text
     from llm_evo.resolve import build_genome, check_benchmarks, task_search_paths
 
     config, config_dir, notes = load_run_config(config_path, flags)
@@ -145,7 +146,8 @@ def run(config_path: str, **flags: Any) -> None:
         force_new_run=flags["force_new_run"],
         timeout=flags["timeout"],
     )
-    controller = Controller(config, genome, options, echo=lambda m: click.echo(m, err=True))
+    controller = Controller(config, genome, options, echo=lambda m: click.echo(m, err=True),
+                            progress=progress_factory(sys.stderr, quiet=flags["quiet"]))
     try:
         summary = controller.run()
     except KeyboardInterrupt:

@@ -171,6 +171,8 @@ def apply_budget(config: RunConfig, config_path: str, flags: dict[str, Any],
 
 
 def secret_kwargs(api_key: str | None) -> dict[str, Any]:
-    """The API key goes straight to the strategy object, never into config or storage."""
+    """The API key (and OPENAI_BASE_URL, which llm.base_url beats) go straight to the
+    strategy object, never into config or storage; the strategy reads no environment."""
     key = api_key or os.environ.get("OPENAI_API_KEY")
-    return {"api_key": key} if key else {}
+    url = os.environ.get("OPENAI_BASE_URL")
+    return {k: v for k, v in (("api_key", key), ("base_url", url)) if v}

@@ -82,7 +82,10 @@ class _Lost:
             on_result(result)
 
 
-def run_pool(actors: list, jobs: Iterable[Job], on_result: OnResult, alive: IsAlive) -> None:
+def run_next_idle(actors: list, jobs: Iterable[Job], on_result: OnResult,
+                  alive: IsAlive) -> None:
+    """`--strategy pool` (mergekit-evolve's name, after Ray's ActorPool): each job goes to
+    the next idle worker."""
     import ray
 
     queue = deque(jobs)

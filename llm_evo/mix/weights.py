@@ -69,7 +69,7 @@ def data_weights(models: Sequence[str], examples: str | Path | ExampleData, *,
     softmax_weights([0.0], temperature)  # fail on a bad T before paying for any model
     if neg_number < 0:
         raise ConfigError(f"--neg-number must be at least 0, got {neg_number}")
-    from llm_evo.mix.scoring import model_loss
+    from llm_evo.mix.losses import model_loss
 
     losses = []
     for model in models:

@@ -8,7 +8,7 @@ can be tested without Ray or lm-eval:
 - `config`: the frozen pool config (`pool:` plus the run config's `tasks:` and lm-eval keys)
 - `algorithm`: pure planning: which pairs to merge, the exploration partner, top-k, stopping
 - `merging`: the mergekit config of one pairwise merge, and running it
-- `lineage`: the SQLite ledger of models, merges, kinship and rounds (`llm_evo_pool.sqlite`)
+- the ledger of models, merges, kinship and rounds is `llm_evo.storage.pool`
 - `runner`: the loop (Ray workers, kinship, merges on disk, deleting what leaves the top-k)
 - `report`: the family tree PNG and summary.md drawn from the ledger
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_evo.pool.config import PoolSection
+from llm_evo.config import PoolSection
 
 
 def pair_merge_config(section: PoolSection, a: str, b: str, base: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The greedy pool loop: merge on disk, score on Ray workers, keep the top-k, record lineage.
 
-Ray and lm-eval start once per run (one `WorkerPool`); each round's new models are merged
+Ray and lm-eval start once per run (one `WorkerSet`); each round's new models are merged
 and scored by the workers in parallel: a job merges with mergekit into
 `STORAGE/pool_models/run<N>/<name>` (kept, written beside and renamed once complete), then
 scores it. A merged model that is not in the top-k after its round is deleted at
@@ -23,15 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from llm_evo.config import format_diff, resume_diff
+from llm_evo.config import PoolConfig, format_diff, resume_diff
 from llm_evo.errors import ConfigError, WorkersLostError
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 from llm_evo.genome import dump_yaml, model_label, resolve_path
 from llm_evo.options import SessionOptions
 from llm_evo.pool import algorithm as algo
-from llm_evo.pool.config import PoolConfig
-from llm_evo.pool.lineage import ModelRecord, PoolLedger, RoundRecord
 from llm_evo.pool.merging import pair_merge_config
+from llm_evo.report.progress import ProgressFactory, silent_progress
+from llm_evo.storage import ModelRecord, PoolLedger, RoundRecord
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,12 @@ class PoolRunner:
     """Runs one pool search (see `llm_evo.pool.algorithm` for the decisions it makes)."""
 
     def __init__(self, config: PoolConfig, options: PoolOptions,
-                 echo: Callable[[str], None] = print):
+                 echo: Callable[[str], None] = print, progress: ProgressFactory | None = None):
         self.config = config
         self.section = config.pool
         self.options = options
         self.echo = echo
+        self.progress = progress or silent_progress  # the CLI's bars on stderr, else silent
         self.root = Path(options.storage_path)
         self.config_dir = Path(options.config_dir) if options.config_dir else None
         self.base = resolve_path(self.section.base_model, self.config_dir)
@@ -142,15 +143,10 @@ class PoolRunner:
 
     def _worker_spec(self) -> WorkerSpec:
         from llm_evo.evaluation.spec import worker_spec
+        from llm_evo.resolve import task_search_paths
 
         cfg = self.config
-        ev = cfg.evaluation
-        paths = []  # the run config's rules (resolve.task_search_paths), for a pool config
-        for p in [*ev.task_search_path, *self.options.task_search_paths]:
-            resolved = resolve_path(p, self.config_dir)
-            if not Path(resolved).is_dir():
-                raise ConfigError(f"task search path {p} is not a directory")
-            paths.append(resolved)
+        paths = task_search_paths(cfg, self.options.task_search_paths, self.config_dir)
         return worker_spec(
             cfg,
             task_search_paths=paths,
@@ -187,8 +183,7 @@ class PoolRunner:
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> PoolSummary:
-        from llm_evo.evaluation.pool import PoolOptions as RayPoolOptions
-        from llm_evo.evaluation.pool import WorkerPool
+        from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
 
         started = time.perf_counter()
         spec = self._worker_spec()
@@ -199,26 +194,26 @@ class PoolRunner:
         self.kin = KinshipCache(self.base, self.section.kinship_metric, ledger, self.run_id)
         for pair, value in ledger.kinship(self.run_id).items():  # a resumed run's pairs
             self.kin.values[pair] = math.nan if value is None else value
-        pool = WorkerPool(spec, RayPoolOptions(ray_address=self.options.ray_address,
-                                               num_workers=self.options.num_workers,
-                                               num_gpus=self.options.num_gpus,
-                                               echo=self.echo))
+        workers = WorkerSet(spec, WorkerOptions(ray_address=self.options.ray_address,
+                                                num_workers=self.options.num_workers,
+                                                num_gpus=self.options.num_gpus,
+                                                echo=self.echo))
         status, reason, last_round = "failed", "error", 0
         try:
-            pool.start()
-            infos = pool.worker_info
+            workers.start()
+            infos = workers.worker_info
             self.echo(f"workers: {len(infos)} on "
                       f"{', '.join(sorted({i['device'] for i in infos}))}; pool of "
                       f"{len(self.inputs)} input models, top-k {self.section.top_k}, "
                       f"exploration {'on' if self.section.exploration else 'off'}")
-            reason, last_round = self._loop(pool)
+            reason, last_round = self._loop(workers)
             status = "finished"
         except (KeyboardInterrupt, WorkersLostError):
             status, reason = "interrupted", "interrupted"  # resumable: nothing finished is lost
             raise
         finally:
             ledger.finish_run(self.run_id, status, reason)
-            pool.shutdown()
+            workers.shutdown()
             shutil.rmtree(self.root / "merges", ignore_errors=True)
         top = [self.records[n] for n in self.top]
         return PoolSummary(
@@ -229,7 +224,7 @@ class PoolRunner:
             inputs=[self.records[n] for n in self.input_names],
         )
 
-    def _loop(self, pool) -> tuple[str, int]:
+    def _loop(self, workers) -> tuple[str, int]:
         s = self.section
         # Round 0: the inputs themselves, so a merge must beat them to enter the top-k.
         labels = _unique_labels(self.inputs)
@@ -237,12 +232,12 @@ class PoolRunner:
         for name, path in zip(labels, self.inputs, strict=True):
             self.kin.paths[name] = path
             self._add(ModelRecord(name=name, round=0, origin="input", path=path))
-        self._evaluate(pool, 0, labels)
+        self._evaluate(workers, 0, labels)
         # Generation 1: every pair of the inputs.
         ranked = [m.name for m in algo.rank(self.members[n] for n in labels if n in self.members)]
         self.top = ranked[: s.top_k]
         plan = algo.all_pairs(ranked)
-        self._run_round(pool, 1, plan)
+        self._run_round(workers, 1, plan)
         reason = self._stop_now(1)
         if reason is not None:
             return reason, 1
@@ -258,7 +253,7 @@ class PoolRunner:
             if not plan:
                 return "no_new_pairs", rnd - 1
             before = list(self.top)
-            self._run_round(pool, rnd, plan)
+            self._run_round(workers, rnd, plan)
             if set(self.top) == set(before):
                 return "converged", rnd
             reason = self._stop_now(rnd)
@@ -287,7 +282,7 @@ class PoolRunner:
         return None if math.isnan(value) else value
 
     # ---- one round -------------------------------------------------------------------------
-    def _run_round(self, pool, rnd: int, plan: list[algo.PlannedMerge]) -> None:
+    def _run_round(self, workers, rnd: int, plan: list[algo.PlannedMerge]) -> None:
         """Merge the plan (cut to the budget), score it, update the top-k, delete leavers."""
         left = self._budget_left()
         if left < len(plan):
@@ -298,7 +293,7 @@ class PoolRunner:
             name = f"g{rnd}-{i:02d}" + ("x" if p.exploration else "")
             names.append(name)
             self._merge(rnd, name, p)
-        self._evaluate(pool, rnd, [n for n in names if self.records[n].status == "pending"])
+        self._evaluate(workers, rnd, [n for n in names if self.records[n].status == "pending"])
         before = list(self.top)
         contenders = [self.members[n] for n in dict.fromkeys([*self.top, *names])
                       if n in self.members]
@@ -334,9 +329,7 @@ class PoolRunner:
                               parent_b=p.b, parent_kinship=None if math.isnan(kin) else kin,
                               exploration=p.exploration, merge_config=dump_yaml(cfg)))
 
-    def _evaluate(self, pool, rnd: int, names: list[str]) -> None:
-        from llm_evo.progress import GenerationProgress
-
+    def _evaluate(self, workers, rnd: int, names: list[str]) -> None:
         scored = sorted((n for n in names if n in self.saved
                          and self.saved[n].eval_order is not None),
                         key=lambda n: self.saved[n].eval_order)
@@ -352,8 +345,7 @@ class PoolRunner:
                 else Job(rnd, i, model_path=self.records[n].path, kind="pool", label=n)
                 for i, n in enumerate(names)}
         best = max((m.score for m in self.members.values()), default=None)
-        progress = GenerationProgress("inputs" if rnd == 0 else f"round {rnd}", len(jobs),
-                                      best=best, quiet=self.options.quiet)
+        progress = self.progress("inputs" if rnd == 0 else f"round {rnd}", len(jobs), best=best)
 
         def on_result(res: JobResult) -> None:
             name = names[res.idx]
@@ -370,7 +362,7 @@ class PoolRunner:
                                 write=True)
             progress.update(res.score if ok else None)
 
-        pool.run(list(jobs.values()), on_result)
+        workers.run(list(jobs.values()), on_result)
         progress.close()
 
     def _record_result(self, name: str, ok: bool, score: float | None, results: dict | None,

@@ -4,17 +4,29 @@ A strategy is a pure object: it proposes genotypes and learns from their scores.
 no Ray, storage or logging; the controller drains `events` (LLM transcripts, sigma choices,
 restarts) after each call and records them. `state_dict()` must be JSON-serialisable so a
 run can resume from storage.
+
+Each strategy's constructor names exactly the options it uses (keyword-only, no catch-all),
+and `from_config` picks those options, and nothing else, out of a run's config. Building
+one reads no environment variable and opens no connection: whatever needs the outside
+world (the LLM server's preflight) waits for `start()`, which the caller runs once, before
+the first `ask`.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from llm_evo.genome import SearchSpace
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from llm_evo.config import RunConfig
 
 
 def default_population_size(n_genes: int) -> int:
@@ -25,16 +37,31 @@ def default_population_size(n_genes: int) -> int:
 class Strategy(ABC):
     """Proposes genotypes inside `space` and learns from their scores (higher is better)."""
 
-    name: str = "base"
+    name: ClassVar[str] = "base"
 
-    def __init__(self, space: SearchSpace, *, seed: int = 0, population_size: int | None = None,
-                 **options: Any) -> None:
+    def __init__(self, space: SearchSpace, *, seed: int = 0,
+                 population_size: int | None = None) -> None:
         self.space = space
         self.seed = seed
         self.population_size = population_size or default_population_size(space.n_genes)
-        self.options = options
         self.generation = 0
         self.events: list[dict[str, Any]] = []
+
+    @classmethod
+    def from_config(cls, space: SearchSpace, config: RunConfig,
+                    secrets: Mapping[str, str] | None = None) -> Self:
+        """This strategy built from a run's config, taking only its own options.
+
+        `secrets` are what the command line resolved outside the config (an API key, a URL
+        from the environment); strategies that need none ignore them. Subclasses with more
+        options override this and name each one they take.
+        """
+        s = config.search
+        return cls(space, seed=s.seed, population_size=s.population_size)
+
+    def start(self) -> None:  # noqa: B027 (an optional hook, not an abstract one)
+        """Checks that need the outside world, run once before the first `ask` (and before
+        any worker starts, so a bad setting costs nothing). Nothing to check by default."""
 
     @abstractmethod
     def ask(self) -> list[np.ndarray]:

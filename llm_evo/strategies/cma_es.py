@@ -29,12 +29,17 @@ from __future__ import annotations
 
 import base64
 import pickle
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llm_evo.genome import SearchSpace
 from llm_evo.strategies.base import Strategy, fill_failed
+
+if TYPE_CHECKING:
+    from llm_evo.config import RunConfig
 
 
 def one_blas_thread() -> AbstractContextManager:
@@ -50,15 +55,24 @@ class CMAES(Strategy):
 
     name = "cma"
 
-    def __init__(self, space, *, sigma0: float = 0.2, **kwargs: Any) -> None:
-        super().__init__(space, **kwargs)
+    def __init__(self, space: SearchSpace, *, seed: int = 0, population_size: int | None = None,
+                 sigma0: float = 0.2, random_init: bool = False) -> None:
+        super().__init__(space, seed=seed, population_size=population_size)
         self.sigma0 = sigma0
+        self.random_init = random_init
         x0 = space.initial
-        if self.options.get("random_init"):  # mergekit-evolve's `random_init: true`
+        if random_init:  # mergekit-evolve's `random_init: true`
             x0 = np.random.default_rng(self.seed).uniform(space.lower, space.upper)
         self._raw: list[np.ndarray] | None = None  # pycma's samples, before clipping
         self.restarts = 0  # seeds each restart's noise, so it is part of the state
         self.es = self._new_es(x0, sigma0)
+
+    @classmethod
+    def from_config(cls, space: SearchSpace, config: RunConfig,
+                    secrets: Mapping[str, str] | None = None) -> CMAES:
+        s = config.search
+        return cls(space, seed=s.seed, population_size=s.population_size, sigma0=s.sigma0,
+                   random_init=config.random_init)
 
     def _new_es(self, x0: np.ndarray, sigma0: float, restart: int = 0):
         import cma

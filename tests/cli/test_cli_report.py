@@ -9,7 +9,7 @@ import pytest
 
 from llm_evo.storage import CandidateRecord, RunStorage
 from tests.cli.helpers import assert_one_line_error, cli
-from tests.test_report import build_run, make_config, png_size
+from tests.report.test_run import build_run, make_config, png_size
 
 
 @pytest.fixture()

@@ -16,16 +16,16 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
-def test_missing_vllm_fails_the_pool_before_ray_starts(tmp_path):
+def test_missing_vllm_fails_the_worker_set_before_ray_starts(tmp_path):
     import ray
 
-    from llm_evo.evaluation.pool import PoolOptions, WorkerPool
+    from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
 
     spec = WorkerSpec(tasks=(TaskSpec(TASKS[0], 1.0, "acc,none"),), task_search_paths=(),
                       merge_dir=str(tmp_path), backend="vllm")
     was_up = ray.is_initialized()
     with pytest.raises(ConfigError, match="vllm"):
-        WorkerPool(spec, PoolOptions(num_workers=1)).start()
+        WorkerSet(spec, WorkerOptions(num_workers=1)).start()
     assert ray.is_initialized() == was_up
 
 

@@ -134,14 +134,14 @@ def test_two_gpus_per_worker_on_four_gpus_makes_two_workers(four_gpu_cluster, ti
                                                             tmp_path):
     import ray
 
-    from llm_evo.evaluation.pool import PoolOptions, WorkerPool
+    from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
 
     said: list[str] = []
-    pool = WorkerPool(_spec(tiny_family, tmp_path, 2), PoolOptions(echo=said.append))
-    pool.start()
+    workers = WorkerSet(_spec(tiny_family, tmp_path, 2), WorkerOptions(echo=said.append))
+    workers.start()
     try:
-        infos = pool.worker_info
-        assert len(infos) == 2 and pool.use_gpu
+        infos = workers.worker_info
+        assert len(infos) == 2 and workers.use_gpu
         ids = [set(i["gpu_ids"]) for i in infos]  # what Ray reserved for each actor
         assert all(len(g) == 2 for g in ids) and ids[0] | ids[1] == {"0", "1", "2", "3"}
         assert ray.available_resources().get("GPU", 0) == 0
@@ -150,26 +150,26 @@ def test_two_gpus_per_worker_on_four_gpus_makes_two_workers(four_gpu_cluster, ti
         assert sum("torch sees no CUDA device" in m for m in said) == 2
         got = []
         root = family_dir(tiny_family)
-        pool.run([Job(-1, 0, model_path=str(root / "ft_arith"), kind="parent")], got.append)
+        workers.run([Job(-1, 0, model_path=str(root / "ft_arith"), kind="parent")], got.append)
         assert len(got) == 1 and got[0].status == "ok" and 0 <= got[0].score <= 1
     finally:
-        pool.shutdown()
+        workers.shutdown()
 
 
 def test_more_gpus_per_worker_than_any_node_has_fails_before_any_actor(four_gpu_cluster,
                                                                       tiny_family, tmp_path):
     import ray
 
-    from llm_evo.evaluation.pool import PoolOptions, WorkerPool
+    from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
 
     free = ray.available_resources().get("GPU", 0)
-    pool = WorkerPool(_spec(tiny_family, tmp_path, 8), PoolOptions())
+    workers = WorkerSet(_spec(tiny_family, tmp_path, 8), WorkerOptions())
     started = time.monotonic()
     with pytest.raises(ConfigError, match="gpus_per_worker is 8, but no Ray node has more "
                                           "than 4 GPU"):
-        pool.start()
+        workers.start()
     assert time.monotonic() - started < 30  # an error, not a wait for resources
-    assert pool.actors == [] and ray.available_resources().get("GPU", 0) == free
+    assert workers.actors == [] and ray.available_resources().get("GPU", 0) == free
 
 
 @pytest.mark.slow
@@ -262,7 +262,8 @@ def _lose_workers(strategy: str, kill_after: int, kill_all: bool):
             schedulers.run_serial(list(zip(mergers, actors, strict=True)), jobs, on_result,
                                   alive)
         else:
-            getattr(schedulers, f"run_{strategy}")(actors, jobs, on_result, alive)
+            run = {"pool": schedulers.run_next_idle, "buffered": schedulers.run_buffered}
+            run[strategy](actors, jobs, on_result, alive)
     except Exception as exc:  # noqa: BLE001 - returned for the test to check
         return got, exc
     finally:

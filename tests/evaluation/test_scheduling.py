@@ -143,17 +143,17 @@ def jobs(tiny_family) -> list[Job]:
     return out
 
 
-def _pool_scores(spec: WorkerSpec, jobs: list[Job], strategy: str, workers: int):
-    from llm_evo.evaluation.pool import PoolOptions, WorkerPool
+def _scores(spec: WorkerSpec, jobs: list[Job], strategy: str, workers: int):
+    from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
 
-    pool = WorkerPool(spec, PoolOptions(num_workers=workers, strategy=strategy))
-    pool.start()
+    worker_set = WorkerSet(spec, WorkerOptions(num_workers=workers, strategy=strategy))
+    worker_set.start()
     try:
         got: dict[int, JobResult] = {}
-        pool.run(jobs, lambda r: got.__setitem__(r.idx, r))
-        subsets = pool.subsets()
+        worker_set.run(jobs, lambda r: got.__setitem__(r.idx, r))
+        subsets = worker_set.subsets()
     finally:
-        pool.shutdown()
+        worker_set.shutdown()
     assert sorted(got) == [j.idx for j in jobs]
     assert all(r.status == "ok" for r in got.values()), [r.error for r in got.values()]
     return {i: r.score for i, r in got.items()}, got, subsets
@@ -163,21 +163,21 @@ def test_every_strategy_gives_the_same_scores(ray_cluster, spec, jobs):
     from dataclasses import replace
 
     mem = replace(spec, in_memory=True)
-    pool, _, subsets = _pool_scores(mem, jobs, "pool", 2)
+    pool, _, subsets = _scores(mem, jobs, "pool", 2)
     # two workers in two processes drew the same fixed, seeded subset of examples
     assert len(subsets) == 2 and subsets[0] == subsets[1] and subsets[0] is not None
-    buffered, res, _ = _pool_scores(mem, jobs, "buffered", 2)
+    buffered, res, _ = _scores(mem, jobs, "buffered", 2)
     assert buffered == pytest.approx(pool, abs=1e-9)
     assert {r.worker for r in res.values()} == {"w0", "w1"}
     # merged in the background while the previous job was scored: hardly waited for
     assert any(r.t_merge_wait < r.t_merge for r in res.values() if r.t_merge)
-    serial, res, _ = _pool_scores(spec, jobs, "serial", 1)  # on disk, merge beside eval
+    serial, res, _ = _scores(spec, jobs, "serial", 1)  # on disk, merge beside eval
     assert serial == pytest.approx(pool, abs=1e-9)
     assert not list(Path(spec.merge_dir).iterdir())  # every merge was deleted after use
 
 
 def test_a_run_in_memory_with_buffered_scheduling(tmp_path, tiny_family, ray_cluster):
-    """The controller wiring: evaluation.in_memory and --strategy buffered reach the pool."""
+    """The controller wiring: evaluation.in_memory and --strategy buffered reach the workers."""
     from llm_evo.config import load_config
     from llm_evo.controller import Controller, RunOptions
     from llm_evo.resolve import build_genome

@@ -42,9 +42,12 @@ def free_port() -> int:
 def make_strategy(space: SearchSpace, base_url: str, *, seed: int = 1,
                   population_size: int | None = 4, api_key: str | None = API_KEY,
                   **llm: Any) -> LLMStrategy:
+    """Built and started as the controller does it: the preflight runs in `start()`."""
     options = {"model": "fault-model", "timeout": 5.0, "backoff_base": 0.05, **llm}
-    return LLMStrategy(space, seed=seed, population_size=population_size,
-                       llm=LLMConfig(**options), api_key=api_key, base_url=base_url)
+    strategy = LLMStrategy(space, seed=seed, population_size=population_size,
+                           llm=LLMConfig(**options), api_key=api_key, base_url=base_url)
+    strategy.start()
+    return strategy
 
 
 def run(strategy: LLMStrategy, generations: int,

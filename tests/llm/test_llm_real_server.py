@@ -22,6 +22,7 @@ def test_smollm2_drives_the_search(llama_server: str) -> None:
     )
     strategy = LLMStrategy(space, seed=0, population_size=3, llm=config, api_key=API_KEY,
                            base_url=llama_server)
+    strategy.start()
     events, population = run(strategy, 3, quadratic(np.array([0.7, 0.3, 0.6, 0.4])))
 
     (preflight,) = of_kind(events, "llm_preflight")
@@ -66,6 +67,7 @@ def test_smollm2_in_plain_text_mode_is_validated_and_falls_back(llama_server: st
     )
     strategy = LLMStrategy(space, seed=1, population_size=3, llm=config, api_key=API_KEY,
                            base_url=llama_server)
+    strategy.start()
     events, population = run(strategy, 3, quadratic(np.zeros(4)))
 
     assert not of_kind(events, "llm_format_rejected")  # forced: no probing

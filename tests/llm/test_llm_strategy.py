@@ -10,13 +10,14 @@ import pytest
 from fault_server import FaultServer
 from llm_helpers import API_KEY, make_space, make_strategy, of_kind, quadratic, run
 
+from llm_evo.cli.run_flags import secret_kwargs
 from llm_evo.config import LLMConfig
 from llm_evo.errors import ConfigError
-from llm_evo.llm.parse import AnswerError, extract_json, parse_answer
-from llm_evo.llm.prompts import Layout
 from llm_evo.strategies import make_strategy as registry_make
 from llm_evo.strategies.base import default_population_size
 from llm_evo.strategies.llm import LLMStrategy
+from llm_evo.strategies.llm.parse import AnswerError, extract_json, parse_answer
+from llm_evo.strategies.llm.prompts import Layout
 
 FITNESS = quadratic(np.array([0.7, 0.3, 0.6, 0.4]))
 
@@ -216,7 +217,7 @@ def test_a_server_of_ones_own_needs_a_model(monkeypatch) -> None:
         LLMStrategy(make_space(), seed=0, llm=LLMConfig(), base_url="http://127.0.0.1:1/v1")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     with pytest.raises(ConfigError, match=r"^llm\.model:"):
-        LLMStrategy(make_space(), seed=0, llm=LLMConfig())
+        LLMStrategy(make_space(), seed=0, llm=LLMConfig(), **secret_kwargs(None))
 
 
 def test_no_url_means_openais_endpoint_as_in_llm_evo_merge(monkeypatch) -> None:
@@ -224,21 +225,20 @@ def test_no_url_means_openais_endpoint_as_in_llm_evo_merge(monkeypatch) -> None:
     its default model gpt-4o. Building the strategy without its preflight calls nothing
     (this machine cannot resolve api.openai.com, so a call would fail here)."""
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    strategy = LLMStrategy(make_space(), seed=0, llm=LLMConfig(), api_key=API_KEY,
-                           preflight=False)
+    strategy = LLMStrategy(make_space(), seed=0, llm=LLMConfig(), api_key=API_KEY)
     assert strategy.client.url == "https://api.openai.com/v1"
     assert strategy.client.model == "gpt-4o"
     (config,) = of_kind(strategy.drain_events(), "llm_config")
     assert config["base_url"] == "https://api.openai.com/v1" and config["model"] == "gpt-4o"
-    named = LLMStrategy(make_space(), seed=0, llm=LLMConfig(model="gpt-4o-mini"),
-                        preflight=False)
+    named = LLMStrategy(make_space(), seed=0, llm=LLMConfig(model="gpt-4o-mini"))
     assert named.client.model == "gpt-4o-mini"
 
 
 def test_url_and_key_from_the_environment(fault_server: FaultServer, monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", fault_server.url)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    strategy = registry_make("llm", make_space(), seed=0, llm=LLMConfig(model="m"))
+    strategy = registry_make("llm", make_space(), seed=0, llm=LLMConfig(model="m"),
+                             **secret_kwargs(None))
     run(strategy, 2, FITNESS)
     assert fault_server.requests and all(r["key_ok"] for r in fault_server.requests)
     assert fault_server.chat_requests()[0]["model"] == "m"

@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from llm_evo.mix import data_weights, load_examples, mix_models
-from llm_evo.mix.scoring import decoder_loss
+from llm_evo.mix.losses import decoder_loss
 from tests.cli.helpers import cli
 from tests.mix.conftest import arith_examples
 

@@ -11,7 +11,7 @@ import pytest
 
 from llm_evo.errors import ConfigError
 from llm_evo.mix import load_examples, mix_models
-from llm_evo.mix.scoring import encoder_loss, model_kind, reranker_loss
+from llm_evo.mix.losses import encoder_loss, model_kind, reranker_loss
 from tests.cli.helpers import cli
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_evo.pool.config import parse_pool_config
+from llm_evo.config import parse_pool_config
 from llm_evo.pool.merging import pair_merge_config
 from tests.e2e_helpers import family_dir
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.cli.helpers import assert_one_line_error, cli
 from tests.pool.conftest import write_pool_config
-from tests.pool.test_report import png_size
+from tests.report.test_pool import png_size
 
 
 def _snapshot(paths) -> dict:

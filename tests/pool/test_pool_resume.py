@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_evo.pool.config import load_pool_config
-from llm_evo.pool.lineage import PoolLedger
+from llm_evo.config import load_pool_config
+from llm_evo.storage import PoolLedger
 from tests.cli.helpers import BIN, assert_one_line_error, cli
 from tests.pool.conftest import write_pool_config
 

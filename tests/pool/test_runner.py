@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from llm_evo.config import parse_pool_config
 from llm_evo.errors import ConfigError
-from llm_evo.pool.config import parse_pool_config
-from llm_evo.pool.lineage import PoolLedger
 from llm_evo.pool.runner import KinshipCache, PoolOptions, PoolRunner, _unique_labels
+from llm_evo.storage import PoolLedger
 
 
 def test_kinship_cache_measures_each_pair_once_and_records_it(tmp_path, pool_models):

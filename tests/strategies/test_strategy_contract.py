@@ -2,8 +2,9 @@
 
 Each registered strategy is driven through ask/tell on a synthetic fitness, and must be
 seeded, stay in the box, survive failed candidates, and resume exactly from state_dict().
-The llm strategy runs it over real HTTP against the well-behaved mode of our own
-OpenAI-compatible test server (tests/llm/fault_server.py).
+Each is built from the registry with only its own options (named by its constructor) and
+opens no connection while being built. The llm strategy runs it over real HTTP against the
+well-behaved mode of our own OpenAI-compatible test server (tests/llm/fault_server.py).
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm_evo.config import GenomeConfig
+from llm_evo.config import GenomeConfig, parse_config
+from llm_evo.errors import ConfigError
 from llm_evo.genome import Genome
-from llm_evo.strategies import STRATEGIES
+from llm_evo.strategies import (
+    STRATEGIES,
+    strategy_class,
+    strategy_from_config,
+    strategy_options,
+)
 from llm_evo.strategies import make_strategy as _make_strategy
-from tests.llm.fault_server import FaultServer
+from tests.llm.fault_server import ConnectionCounter, FaultServer
 
 _SERVER: FaultServer | None = None
 
@@ -159,3 +166,57 @@ print(json.dumps([x.tolist() for x in s.ask()]))
                          env={"PYTHONHASHSEED": "random", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == expected
+
+
+# ---- options: each strategy takes its own, from the registry --------------------------------
+def run_config(url=None, **search):
+    """A run config that sets every strategy's options away from their defaults."""
+    return parse_config({
+        "genome": {"models": ["a", "b", "c"], "merge_method": "ties", "base_model": "base"},
+        "tasks": ["t"], "random_init": True,
+        "search": {"seed": 7, "population_size": 5, "sigma0": 0.35, "sigma_low": 0.02,
+                   "sigma_high": 0.4, **search},
+        "llm": {"model": "test-model", "base_url": url or _SERVER.url, "top_k": 2},
+    })
+
+
+def own_options(name, config):
+    """Every option any built-in strategy takes, as the config sets it; each strategy
+    gets the ones its constructor names."""
+    s = config.search
+    everything = {"seed": s.seed, "population_size": s.population_size, "sigma0": s.sigma0,
+                  "sigma_low": s.sigma_low, "sigma_high": s.sigma_high,
+                  "random_init": config.random_init, "llm": config.llm,
+                  "api_key": "sk-contract", "base_url": None, "model": None}
+    options = strategy_options(strategy_class(name))
+    assert set(options) <= set(everything), f"teach this test {name}'s new options"
+    return {k: everything[k] for k in options}
+
+
+def test_constructor_names_its_options(name):
+    options = strategy_options(strategy_class(name))  # a **kwargs catch-all raises here
+    assert options[:2] == ("seed", "population_size")
+    foreign = {o for other in STRATEGIES for o in strategy_options(strategy_class(other))}
+    for option in sorted(foreign - set(options)) + ["no_such_option"]:
+        with pytest.raises(ConfigError, match=rf"^search\.strategy: {name} takes no option "
+                                              rf"{option} \(its options: seed, "):
+            make_strategy(name, space(), **{option: 1})
+
+
+def test_from_config_gives_only_its_own_options(name):
+    config = run_config(strategy=name)
+    built = strategy_from_config(space(), config, {"api_key": "sk-contract"})
+    assert type(built) is strategy_class(name)
+    assert (built.seed, built.population_size) == (7, 5)
+    expected = drive(make_strategy(name, space(), **own_options(name, config)), 3)
+    assert drive(built, 3) == expected  # the same options: the same proposals
+    plain = make_strategy(name, space(), **{**own_options(name, config), "random_init": False})
+    assert drive(plain, 3) != expected  # so random_init (for one) did reach it
+
+
+def test_building_opens_no_connection(name):
+    with ConnectionCounter() as server:
+        config = run_config(url=server.url, strategy=name)
+        strategy_from_config(space(), config, {"api_key": "sk-contract"})
+        make_strategy(name, space(), **{**own_options(name, config), "seed": 1})
+        assert server.connections == 0

@@ -18,8 +18,8 @@ import pytest
 from llm_evo.config import RunConfig
 from llm_evo.errors import ConfigError
 from llm_evo.genome import Genome
+from llm_evo.report.tracking import WANDB_RUN_EVENT, WandbTracker, make_tracker
 from llm_evo.storage import CandidateRecord, RunStorage
-from llm_evo.tracking import WANDB_RUN_EVENT, WandbTracker, make_tracker
 
 SECRET = "sk-test-never-logged-4242"
 ARITH, CAT = "tiny_skill_arith/acc,none", "tiny_skill_category/acc,none"

@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from llm_evo.errors import ConfigError
-from llm_evo.pool.lineage import ModelRecord, PoolLedger, RoundRecord
-from llm_evo.pool.report import is_pool_storage, tree_positions, write_pool_report
+from llm_evo.report.pool import tree_positions, write_pool_report
+from llm_evo.storage import ModelRecord, PoolLedger, RoundRecord, is_pool_storage
 
 
 def png_size(path) -> tuple[int, int]:

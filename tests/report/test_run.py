@@ -1,4 +1,4 @@
-"""`llm_evo.report` over ledgers written through RunStorage, as the controller writes them.
+"""`llm_evo.report.run` over ledgers written through RunStorage, as the controller writes them.
 
 Merge configs come from a real Genome (`to_yaml`), so the report's layer-count inference is
 exercised on the same YAML a run stores; no model files exist anywhere.
@@ -18,8 +18,8 @@ import pytest
 from llm_evo.config import RunConfig
 from llm_evo.errors import ConfigError
 from llm_evo.genome import Genome
-from llm_evo.report import load_run, open_storage, write_report
-from llm_evo.storage import CandidateRecord, RunStorage
+from llm_evo.report.run import load_run, write_report
+from llm_evo.storage import CandidateRecord, RunStorage, open_ledger
 
 TASKS = ("tiny_skill_arith", "tiny_skill_category")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -140,7 +140,7 @@ def test_report_writes_pngs_and_summary(tmp_path: Path) -> None:
 def test_rebuilt_genome_matches_the_run(tmp_path: Path) -> None:
     config = make_config("ties", filters=["self_attn"])
     storage, run_id, genome = build_run(tmp_path / "run", config, num_layers=16)
-    view = load_run(open_storage(tmp_path / "run"), run_id)
+    view = load_run(open_ledger(tmp_path / "run"), run_id)
     assert view.genome is not None
     assert [a.label for a in view.genome.space.axes] == [a.label for a in genome.space.axes]
     assert view.genome.num_layers == 16
@@ -160,7 +160,7 @@ def test_report_other_genome_shapes(tmp_path: Path, label: str, config: RunConfi
     storage, run_id, genome = build_run(tmp_path / label, config, num_layers=layers,
                                         generations=3, kinship=False, failures=False)
     report = write_report(tmp_path / label, out_dir=tmp_path / f"out-{label}")
-    view = load_run(open_storage(tmp_path / label))
+    view = load_run(open_ledger(tmp_path / label))
     assert view.genome is not None and view.genome.n_genes == genome.n_genes
     for path in report.plots.values():
         png_size(path)

@@ -1,10 +1,11 @@
-"""Ray actors that evaluate jobs: one per `gpus_per_worker` GPUs on a node, or
-`num_workers` on CPUs when the cluster has no GPU.
+"""The worker set: Ray actors that evaluate jobs, one per `gpus_per_worker` GPUs on a node,
+or `num_workers` on CPUs when the cluster has no GPU.
 
-With `schedulers.py`, the only code that talks to Ray. The strategy (pool, buffered,
-serial) decides how jobs reach the actors; under every one a worker takes new work as
-soon as it is free, and each result is handed to the caller the moment it arrives, so it
-can be recorded before anything else happens.
+With `schedulers.py`, the only code that talks to Ray. The scheduling strategy (`pool`,
+`buffered`, `serial`: mergekit-evolve's `--strategy` values, where `pool` means Ray's
+actor pool, not llm-evo's model pool) decides how jobs reach the actors; under every one a
+worker takes new work as soon as it is free, and each result is handed to the caller the
+moment it arrives, so it can be recorded before anything else happens.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ STRATEGIES = ("pool", "buffered", "serial")
 
 
 @dataclass(frozen=True)
-class PoolOptions:
+class WorkerOptions:
+    """How many workers, on which Ray cluster, scheduled how (run and pool alike)."""
+
     ray_address: str | None = None
     num_workers: int | None = None
     num_gpus: int | None = None
@@ -40,11 +43,11 @@ class PoolOptions:
     echo: Callable[[str], None] | None = None  # one-line notices (default: a log warning)
 
 
-class WorkerPool:
+class WorkerSet:
     """Starts (or joins, see cluster.py) Ray, places the evaluation actors, and runs batches
     of jobs."""
 
-    def __init__(self, spec: WorkerSpec, options: PoolOptions):
+    def __init__(self, spec: WorkerSpec, options: WorkerOptions):
         if options.strategy not in STRATEGIES:
             raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, "
                               f"not {options.strategy!r}")
@@ -118,12 +121,10 @@ class WorkerPool:
         for info in self.worker_info:
             if info.get("warning"):
                 self._say(info["warning"])
-        unknown = sorted({t for info in self.worker_info for t in info["unknown_tasks"]})
-        if unknown:
-            raise ConfigError(
-                f"tasks: unknown lm-eval task {', '.join(unknown)} (add its folder with "
-                "--task-search-path or evaluation.task_search_path)"
-            )
+        from llm_evo.resolve import refuse_unknown_tasks
+
+        refuse_unknown_tasks(sorted({t for info in self.worker_info
+                                     for t in info["unknown_tasks"]}))
 
     def _connect(self, choice: cluster.ClusterChoice, per_worker: int) -> None:
         """Join the cluster the options, RAY_ADDRESS or `ray start` name, else start ours."""
@@ -205,7 +206,7 @@ class WorkerPool:
 
     # ---- running jobs ----------------------------------------------------------------------
     def run(self, jobs: Iterable[Job], on_result: Callable[[JobResult], None]) -> None:
-        """Evaluate `jobs` with the pool's strategy, calling `on_result` as each finishes.
+        """Evaluate `jobs` with the scheduling strategy, calling `on_result` as each finishes.
 
         Raises WorkersLostError when every worker has died (a stopped cluster, a killed
         raylet): the jobs not finished by then are not reported, so a resumed run does them.
@@ -224,7 +225,7 @@ class WorkerPool:
             schedulers.run_buffered([self.actors[i] for i in live], jobs, on_result,
                                     self._alive)
         else:
-            schedulers.run_pool([self.actors[i] for i in live], jobs, on_result, self._alive)
+            schedulers.run_next_idle([self.actors[i] for i in live], jobs, on_result, self._alive)
 
     def _alive(self, actor) -> bool:
         """Whether `actor` answers (after Ray restarted it, if it had to); one that does

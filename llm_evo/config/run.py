@@ -3,28 +3,18 @@
 The `genome:`/`tasks:` sections and top-level lm-eval knobs are exactly mergekit-evolve's
 schema, so its configs load unchanged; `search:`, `evaluation:`, `llm:`, `kinship:` and
 `wandb:` are llm-evo's own optional sections. Every validation failure becomes a
-`ConfigError` whose one-line message names the offending field and file.
+`ConfigError` whose one-line message names the offending field and file. The scoring
+sections, reading and overrides are shared with pool configs (see base.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, model_validator
 
-from llm_evo.errors import ConfigError
+from llm_evo.config.base import Frozen, ScoringConfig
 from llm_evo.model_ref import canonical_model_ref
 
 MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_ties", "slerp"]
@@ -33,24 +23,7 @@ METHODS_NEEDING_BASE = ("task_arithmetic", "ties", "dare_ties")
 ModelRefStr = Annotated[str, BeforeValidator(canonical_model_ref)]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TaskConfig(_Frozen):
-    """One lm-eval task in the objective: score += weight * results[name][metric]."""
-
-    name: str = Field(min_length=1)
-    weight: float = 1.0
-    metric: str = "acc,none"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
-
-
-class GenomeConfig(_Frozen):
+class GenomeConfig(Frozen):
     """mergekit-evolve's `genome:` section, field for field."""
 
     models: list[ModelRefStr] = Field(min_length=1)
@@ -88,7 +61,7 @@ class GenomeConfig(_Frozen):
         return self.merge_method in ("linear", "ties", "dare_ties")
 
 
-class SearchConfig(_Frozen):
+class SearchConfig(Frozen):
     """`init: data` starts the search at data-driven weights: softmax(-loss / temperature)
     of each model's loss on `example_data` (JSONL {input, output}; see docs/mix.md)."""
 
@@ -117,34 +90,7 @@ class SearchConfig(_Frozen):
         return self
 
 
-class EvaluationConfig(_Frozen):
-    """How candidates are scored (see docs/performance.md, "Evaluation throughput").
-
-    `in_memory`: one resident model per worker, merged tensors copied into it, no disk
-    I/O. `backend: vllm` scores with vLLM (an optional install). `reshard`: copy the input
-    models once into STORAGE/input_models before the workers start (on-disk merges read
-    them for every candidate). `input_cache`: where in-memory workers keep the input
-    tensors, "auto" (the GPU while memory allows, else the CPU) or "cpu". `torch_threads`:
-    intra-op threads per CPU worker (default: the CPUs divided among the workers).
-    `gpus_per_worker`: GPUs each worker reserves on one node, for models larger than one
-    GPU (HF shards with device_map="auto", vLLM with tensor parallelism).
-    """
-
-    backend: Literal["hf", "vllm"] = "hf"
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int | Literal["auto"] | None = None
-    apply_chat_template: bool | None = None
-    model_args: dict[str, Any] = Field(default_factory=dict)
-    task_search_path: list[str] = Field(default_factory=list)
-    in_memory: bool = False
-    reshard: bool = False
-    input_cache: Literal["auto", "cpu"] = "auto"
-    torch_threads: int | None = Field(default=None, ge=1)
-    gpus_per_worker: int = Field(default=1, ge=1)
-
-
-class LLMConfig(_Frozen):
+class LLMConfig(Frozen):
     """The LLM strategy's chat model and how hard to try it (see docs/llm-strategy.md).
 
     There is deliberately no api_key field: keys come from --api-key or OPENAI_API_KEY, so
@@ -168,7 +114,7 @@ class LLMConfig(_Frozen):
     backoff_max: float = Field(default=60.0, gt=0)
 
 
-class KinshipConfig(_Frozen):
+class KinshipConfig(Frozen):
     """Kinship-aware search (see docs/kinship-search.md).
 
     The search sees `score - penalty * max(0, k - threshold)`, k the candidate's mean kinship
@@ -203,7 +149,7 @@ class KinshipConfig(_Frozen):
         return self.penalty > 0 or self.stagnation is not None
 
 
-class WandbConfig(_Frozen):
+class WandbConfig(Frozen):
     """Weights & Biases logging (see llm_evo/tracking.py); off unless enabled.
 
     `mode` None defers to WANDB_MODE; "offline" keeps everything on disk for `wandb sync`.
@@ -220,52 +166,10 @@ class WandbConfig(_Frozen):
     mode: Literal["online", "offline", "disabled"] | None = None
 
 
-class ScoringConfig(_Frozen):
-    """What a merged model is scored on and how: shared by run and pool configs, so both
-    read `tasks:`, `limit`, `evaluation:` and the rest the same way."""
-
-    tasks: list[TaskConfig] = Field(min_length=1)
-    limit: int | None = Field(default=None, ge=1)
-    num_fewshot: int | None = Field(default=None, ge=0)
-    shuffle: bool = False
-    apply_chat_template: bool = True
-    fewshot_as_multiturn: bool = True
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-
-    @field_validator("tasks")
-    @classmethod
-    def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
-        # One task may be scored on several metrics (results are keyed name/metric), as
-        # mergekit-evolve allows; the same (name, metric) twice is a mistake.
-        keys = [(t.name, t.metric) for t in tasks]
-        dupes = sorted({f"{n} ({m})" for n, m in keys if keys.count((n, m)) > 1})
-        if dupes:
-            raise ValueError(f"tasks: {', '.join(dupes)} listed twice")
-        return tasks
-
-    @property
-    def chat_template(self) -> bool:
-        if self.evaluation.apply_chat_template is not None:
-            return self.evaluation.apply_chat_template
-        return self.apply_chat_template
-
-    def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
-
-    def identity(self) -> dict[str, Any]:
-        """What defines the run, for its hash and the resume check: the whole config but
-        how many GPUs a worker spans (RunConfig also leaves out where it runs and logs)."""
-        data = self.model_dump(mode="json")
-        data["evaluation"].pop("gpus_per_worker")  # moving to bigger GPUs: the same run
-        return data
-
-    def config_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 class RunConfig(ScoringConfig):
     """A whole run: mergekit-evolve's schema plus llm-evo's optional sections."""
+
+    SECTIONS: ClassVar[str] = "genome: and tasks:"
 
     genome: GenomeConfig
     random_init: bool = False
@@ -291,93 +195,11 @@ class RunConfig(ScoringConfig):
         return data
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """`field: old -> new` lines for every leaf that differs (for the resume check)."""
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        name = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            lines += config_diff(a, b, name + ".")
-        elif a != b:
-            lines.append(f"{name}: {json.dumps(a)} -> {json.dumps(b)}")
-    return lines
-
-
-def resume_diff(stored_json: str, config: ScoringConfig) -> list[str]:
-    """What stops `config` (a run or a pool config) from continuing a run stored as
-    `stored_json` (empty: nothing).
-
-    The stored config is read with today's schema, so a field added since that run takes
-    its default on both sides, and an upgrade alone never blocks a resume.
-    """
-    stored = type(config).model_validate_json(stored_json)
-    return config_diff(stored.identity(), config.identity())
-
-
-def format_diff(lines: list[str], most: int = 6) -> str:
-    """`config_diff` lines on one line, the first `most` of them and a count of the rest."""
-    return "; ".join(lines[:most]) + (f"; +{len(lines) - most} more" if len(lines) > most
-                                      else "")
-
-
-def format_validation_error(exc: ValidationError, source: str, what: str = "config") -> str:
-    """One line for a pydantic error: where, what is wrong, and how many more there are."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    where = f" at {loc}" if loc else ""
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{source}: invalid {what}{where}: {msg}{more}"
-
-
 def parse_config(data: Any, source: str = "<config>") -> RunConfig:
     """Validate a mapping into a RunConfig, raising ConfigError with a one-line message."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the config must be a YAML mapping with genome: and tasks:")
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
-
-
-def read_yaml(path: str | Path) -> Any:
-    """A YAML file's content; a missing file or bad YAML is a one-line ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "malformed YAML"
-        raise ConfigError(f"{path}:{where}: {problem}") from None
+    return RunConfig.from_data(data, source)
 
 
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML config file."""
-    return parse_config(read_yaml(path), str(path))
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted paths (e.g. {"search.seed": 3}) in a config mapping; None values are
-    ignored (a flag that was not given)."""
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return data
-
-
-def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Apply dotted-path overrides (e.g. {"search.seed": 3}); None values are ignored.
-
-    Re-validates the merged result, so a bad flag value fails like a bad config value.
-    """
-    data = apply_overrides(config.model_dump(mode="python"), overrides)
-    return parse_config(data, "command-line flags")
+    return RunConfig.from_file(path)

@@ -5,6 +5,10 @@ then json_object with a schema as llama.cpp wants it, then plain text), per-requ
 timeouts, backoff on 429/5xx that honours Retry-After, and a preflight call so a bad key
 fails at start-up. The openai client's own retries are off, so every wait is ours, bounded
 and reported. The API key is held only by the openai client and scrubbed from every message.
+
+Building a ChatClient reads no environment variable and opens no connection: the URL and
+key are what the caller passes (the command line resolves OPENAI_BASE_URL and
+OPENAI_API_KEY), and the openai client itself is built on the first request.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import openai
 from llm_evo.errors import ConfigError
 
 LADDER: tuple[str, ...] = ("json_schema", "json_object", "text")
+# Where LLM-Evo-Merge's `OpenAI(api_key=...)` goes when no URL is given anywhere.
+OPENAI_URL = "https://api.openai.com/v1"
 
 Notify = Callable[..., None]
 
@@ -116,15 +122,22 @@ class ChatClient:
         self.forced = response_format != "auto"
         # The accepted form, remembered for the run; None until a server has accepted one.
         self.mode: str | None = response_format if self.forced else None
-        # Local servers ignore the key but the openai client insists on one.
         self._secret = api_key or ""
-        # base_url None: the openai client's own choice (OPENAI_BASE_URL, else OpenAI's
-        # endpoint), as LLM-Evo-Merge's `OpenAI(api_key=...)`. Building it calls nothing.
-        self._client = openai.OpenAI(
-            api_key=api_key or "EMPTY", base_url=base_url, timeout=timeout, max_retries=0
-        )
-        self.base_url = base_url or str(self._client.base_url).rstrip("/")
+        # base_url None: OpenAI's own endpoint, as LLM-Evo-Merge's `OpenAI(api_key=...)`
+        # with no OPENAI_BASE_URL (the caller has already looked at that variable).
+        self.base_url = base_url or OPENAI_URL
         self.url = safe_url(self.base_url)
+        self._client: openai.OpenAI | None = None  # built by the first request
+
+    @property
+    def openai_client(self) -> openai.OpenAI:
+        """The openai client, built on first use so that building us touches nothing."""
+        if self._client is None:
+            # Local servers ignore the key but the openai client insists on one.
+            self._client = openai.OpenAI(api_key=self._secret or "EMPTY",
+                                         base_url=self.base_url, timeout=self.timeout,
+                                         max_retries=0)
+        return self._client
 
     # ---- redaction --------------------------------------------------------------------------
     def redact(self, text: Any) -> str:
@@ -205,7 +218,7 @@ class ChatClient:
         """
         for attempt in range(self.backoff_retries + 1):
             try:
-                return self._client.chat.completions.create(model=self.model, **kwargs)
+                return self.openai_client.chat.completions.create(model=self.model, **kwargs)
             except openai.APITimeoutError:
                 raise LLMCallError(
                     "timeout", f"no answer from {self.url} within {self.timeout:g}s"

@@ -1,4 +1,4 @@
-"""The run ledger: one SQLite file under the storage path.
+"""The run ledger: `llm_evo.sqlite` in the storage path, written by `llm-evo run`.
 
 Everything a run learns is written here first, one transaction per finished evaluation,
 so a crash loses nothing completed; progress, reports, W&B and resume all read from it.
@@ -9,23 +9,13 @@ by strategies, which never see a key in their payloads.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
-    created REAL NOT NULL,
-    config_json TEXT NOT NULL,
-    config_hash TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    versions_json TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'running',
-    finished REAL
-);
+from llm_evo.storage.base import Ledger, runs_table
+
+_TABLES = runs_table("runs", "seed INTEGER NOT NULL") + """
 CREATE TABLE IF NOT EXISTS candidates (
     id INTEGER PRIMARY KEY,
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -90,59 +80,22 @@ class CandidateRecord:
     kinship: float | None = None
 
 
-def transaction(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> sqlite3.Cursor:
-    """One statement in its own transaction (autocommit connections), committed on return:
-    a crash right after leaves it either recorded or absent, never half-written."""
-    with conn:
-        conn.execute("BEGIN")
-        return conn.execute(sql, params)
-
-
-class RunStorage:
+class RunStorage(Ledger):
     """A SQLite ledger of runs, candidates, events and strategy checkpoints."""
 
     FILENAME = "llm_evo.sqlite"
-
-    def __init__(self, path: str | Path):
-        self.root = Path(path)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.root / self.FILENAME
-        self.conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def _tx(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
-        return transaction(self.conn, sql, params)
+    WHAT = "run ledger"
+    RUNS = "runs"
+    RUN_COLUMNS = ("id", "config_json", "config_hash", "seed", "status")
+    SCHEMA = _TABLES
 
     # ---- runs ------------------------------------------------------------------------------
     def create_run(self, config_json: str, config_hash: str, seed: int,
                    versions: dict[str, str]) -> int:
-        cur = self._tx(
-            "INSERT INTO runs (created, config_json, config_hash, seed, versions_json) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (time.time(), config_json, config_hash, seed, json.dumps(versions)),
-        )
-        return int(cur.lastrowid)
+        return self._create_run(config_json, config_hash, versions, seed=seed)
 
     def latest_run(self) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT id, config_json, config_hash, seed, status FROM runs ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("id", "config_json", "config_hash", "seed", "status"), row, strict=True))
-
-    def run(self, run_id: int) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT id, config_json, config_hash, seed, status FROM runs WHERE id = ?", (run_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(("id", "config_json", "config_hash", "seed", "status"), row, strict=True))
+        return self.run()
 
     def runs(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -157,10 +110,14 @@ class RunStorage:
                 "best_score", "last_generation")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def set_status(self, run_id: int, status: str) -> None:
-        finished = time.time() if status in ("finished", "failed", "interrupted") else None
-        self._tx("UPDATE runs SET status = ?, finished = ? WHERE id = ?",
-                 (status, finished, run_id))
+    def summaries(self) -> list[dict[str, Any]]:
+        rows = self.runs()
+        for row in rows:
+            # The raw task score, as best_config.yaml and the report choose the best (the
+            # fitness in `score` may carry a kinship penalty).
+            best = self.best(row["id"])
+            row["best_score"] = best.raw_score if best is not None else None
+        return rows
 
     # ---- candidates ------------------------------------------------------------------------
     def record(self, run_id: int, rec: CandidateRecord) -> None:
@@ -212,21 +169,17 @@ class RunStorage:
 
     # ---- events and checkpoints ------------------------------------------------------------
     def add_events(self, run_id: int, events: list[dict[str, Any]]) -> None:
-        if not events:
-            return
         now = time.time()
-        with self.conn:
-            self.conn.execute("BEGIN")
-            self.conn.executemany(
-                "INSERT INTO events (run_id, generation, kind, payload_json, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [
-                    (run_id, e.get("generation"), e["kind"],
-                     json.dumps({k: v for k, v in e.items() if k not in ("kind", "generation")},
-                                default=str), now)
-                    for e in events
-                ],
-            )
+        self._tx_many(
+            "INSERT INTO events (run_id, generation, kind, payload_json, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [
+                (run_id, e.get("generation"), e["kind"],
+                 json.dumps({k: v for k, v in e.items() if k not in ("kind", "generation")},
+                            default=str), now)
+                for e in events
+            ],
+        )
 
     def events(self, run_id: int, kind: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT generation, kind, payload_json FROM events WHERE run_id = ?"

@@ -19,8 +19,9 @@ import numpy as np
 
 from llm_evo.errors import ConfigError
 from llm_evo.genome import SearchSpace
-from llm_evo.llm.parse import SCALE
+from llm_evo.strategies.llm.parse import SCALE
 
+PACKAGE = "llm_evo.strategies.llm"  # the built-in templates ship in its prompts/ folder
 SYSTEM_PLACEHOLDERS = ("scale", "n_rows", "n_cols", "n_genes", "thought_max_chars")
 USER_PLACEHOLDERS = (
     *SYSTEM_PLACEHOLDERS,
@@ -123,7 +124,7 @@ class Layout:
 
 def _read(path: str | None, default: str, key: str) -> tuple[str, str]:
     if path is None:
-        text = resources.files("llm_evo.llm").joinpath("prompts", default).read_text("utf-8")
+        text = resources.files(PACKAGE).joinpath("prompts", default).read_text("utf-8")
         return text, f"<built-in {default}>"
     file = Path(path).expanduser()
     if not file.is_file():

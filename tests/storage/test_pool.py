@@ -1,10 +1,10 @@
-"""The lineage ledger: models with their parents and kinship, rounds, kinship values."""
+"""The pool ledger: models with their parents and kinship, rounds, kinship values."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from llm_evo.pool.lineage import FILENAME, ModelRecord, PoolLedger, RoundRecord
+from llm_evo.storage.pool import FILENAME, ModelRecord, PoolLedger, RoundRecord
 
 
 def fill(ledger: PoolLedger) -> int:

@@ -7,13 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_evo.config import is_pool_config, load_pool_config, parse_pool_config, with_overrides
 from llm_evo.errors import ConfigError
-from llm_evo.pool.config import (
-    is_pool_config,
-    load_pool_config,
-    parse_pool_config,
-    with_pool_overrides,
-)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,10 +60,10 @@ def test_in_memory_evaluation_is_refused():
 def test_weights_for_linear_and_overrides():
     cfg = parse_pool_config(minimal(merge_method="linear", t=0.25))
     assert cfg.pool.pair_weights == (0.75, 0.25)
-    cfg = with_pool_overrides(cfg, {"pool.top_k": 4, "pool.exploration": False, "limit": None})
+    cfg = with_overrides(cfg, {"pool.top_k": 4, "pool.exploration": False, "limit": None})
     assert cfg.pool.top_k == 4 and cfg.pool.exploration is False
     with pytest.raises(ConfigError, match="command-line flags"):
-        with_pool_overrides(cfg, {"pool.top_k": 0})
+        with_overrides(cfg, {"pool.top_k": 0})
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -1,29 +1,25 @@
 """The pool config: a `pool:` section plus the run config's `tasks:` and lm-eval keys.
 
 `tasks:`, `limit`, `num_fewshot`, ... and `evaluation:` mean exactly what they mean for
-`llm-evo run` (the models are imported from `llm_evo.config`), so one objective can be
-scored by both commands. A pool config has no `genome:`; the `pool:` key is what tells
-the two kinds of config apart.
+`llm-evo run` (both come from `ScoringConfig` in base.py, which also reads, overrides and
+diffs both kinds), so one objective can be scored by both commands. A pool config has no
+`genome:`; the `pool:` key is what tells the two kinds of config apart.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from llm_evo.config import ScoringConfig, apply_overrides, format_validation_error, read_yaml
+from llm_evo.config.base import Frozen, ScoringConfig
 from llm_evo.errors import ConfigError
 
 PoolMethod = Literal["slerp", "linear", "task_arithmetic"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class PoolSection(_Frozen):
+class PoolSection(Frozen):
     """What to merge and how the greedy loop runs.
 
     `t`: slerp's interpolation factor; for linear and task_arithmetic the two parents get
@@ -70,6 +66,9 @@ class PoolSection(_Frozen):
 class PoolConfig(ScoringConfig):
     """A whole pool run: the pool, and the run config's scoring sections."""
 
+    WHAT: ClassVar[str] = "pool config"
+    SECTIONS: ClassVar[str] = "pool: and tasks:"
+
     pool: PoolSection
 
     @model_validator(mode="after")
@@ -80,6 +79,12 @@ class PoolConfig(ScoringConfig):
             raise ValueError("evaluation.in_memory is not supported by llm-evo pool")
         return self
 
+    @classmethod
+    def check_kind(cls, data: dict[str, Any], source: str) -> None:
+        if "genome" in data:
+            raise ConfigError(f"{source}: this is a run config (it has genome:); llm-evo pool "
+                              "needs a pool: section")
+
 
 def is_pool_config(data: Any) -> bool:
     """Whether a loaded YAML mapping is a pool config (it has `pool:`, not `genome:`)."""
@@ -88,24 +93,9 @@ def is_pool_config(data: Any) -> bool:
 
 def parse_pool_config(data: Any, source: str = "<pool config>") -> PoolConfig:
     """Validate a mapping into a PoolConfig, raising a one-line ConfigError."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the pool config must be a YAML mapping with pool: and "
-                          "tasks:")
-    if "genome" in data:
-        raise ConfigError(f"{source}: this is a run config (it has genome:); llm-evo pool "
-                          "needs a pool: section")
-    try:
-        return PoolConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, "pool config")) from None
+    return PoolConfig.from_data(data, source)
 
 
 def load_pool_config(path: str | Path) -> PoolConfig:
     """Read and validate a pool config file."""
-    return parse_pool_config(read_yaml(path), str(path))
-
-
-def with_pool_overrides(config: PoolConfig, overrides: dict[str, Any]) -> PoolConfig:
-    """Apply dotted overrides (e.g. {"pool.top_k": 4}); None values are ignored."""
-    data = apply_overrides(config.model_dump(mode="python"), overrides)
-    return parse_pool_config(data, "command-line flags")
+    return PoolConfig.from_file(path)

@@ -5,6 +5,10 @@ labelled 0..100 integers) and proposes the next mean; the population is Gaussian
 around that mean, with a small step after an improvement and a large one otherwise. Every
 failure mode of the model or the server ends in a documented fallback (the best genome so
 far), recorded as an event, so a run never dies of a bad answer. See docs/llm-strategy.md.
+
+Building the strategy is configuration only: no environment variable is read (the command
+line resolves OPENAI_BASE_URL / OPENAI_API_KEY and passes them in) and no request is sent.
+The first request is `start()`'s preflight, or else generation 1's `ask`.
 """
 
 from __future__ import annotations
@@ -12,18 +16,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llm_evo.config import LLMConfig
 from llm_evo.errors import ConfigError
 from llm_evo.genome import SearchSpace
-from llm_evo.llm.client import ChatClient, LLMCallError
-from llm_evo.llm.parse import AnswerError, parse_answer
-from llm_evo.llm.prompts import Layout, PromptTemplates
 from llm_evo.strategies.base import Strategy, rng_from_state, rng_state
+from llm_evo.strategies.llm.client import ChatClient, LLMCallError
+from llm_evo.strategies.llm.parse import AnswerError, parse_answer
+from llm_evo.strategies.llm.prompts import Layout, PromptTemplates
+
+if TYPE_CHECKING:
+    from llm_evo.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +55,15 @@ class LLMStrategy(Strategy):
         population_size: int | None = None,
         sigma_low: float = 0.05,
         sigma_high: float = 0.2,
+        random_init: bool = False,
         llm: LLMConfig | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         model: str | None = None,
-        preflight: bool = True,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(space, seed=seed, population_size=population_size, **kwargs)
+        """`base_url` and `model` beat `llm.base_url` and `llm.model`; no URL at all means
+        OpenAI's endpoint. `api_key` is held by the client only, never stored."""
+        super().__init__(space, seed=seed, population_size=population_size)
         if sigma_low < 0 or sigma_high < 0 or not (
             math.isfinite(sigma_low) and math.isfinite(sigma_high)
         ):
@@ -63,8 +71,8 @@ class LLMStrategy(Strategy):
         self.cfg = llm or LLMConfig()
         self.sigma_low = float(sigma_low)
         self.sigma_high = float(sigma_high)
-        base_url = base_url or self.cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
-        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        self.random_init = random_init
+        base_url = base_url or self.cfg.base_url or None
         # As LLM-Evo-Merge: no URL means OpenAI's own endpoint, where gpt-4o is the default
         # model; a server of one's own has no default model to assume.
         model = model or self.cfg.model or (None if base_url else OPENAI_DEFAULT_MODEL)
@@ -102,13 +110,24 @@ class LLMStrategy(Strategy):
             population_size=self.population_size, rows=self.layout.rows,
             cols=self.layout.cols, system_prompt=self.system_prompt,
         )
-        if preflight:
-            self._preflight()
+
+    @classmethod
+    def from_config(cls, space: SearchSpace, config: RunConfig,
+                    secrets: Mapping[str, str] | None = None) -> LLMStrategy:
+        """`secrets`: "api_key", and "base_url" (OPENAI_BASE_URL), which `llm.base_url`
+        beats, both resolved by the command line so neither lands in a config."""
+        s, secrets = config.search, secrets or {}
+        return cls(space, seed=s.seed, population_size=s.population_size,
+                   sigma_low=s.sigma_low, sigma_high=s.sigma_high,
+                   random_init=config.random_init, llm=config.llm,
+                   api_key=secrets.get("api_key"),
+                   base_url=config.llm.base_url or secrets.get("base_url"))
 
     # ---- start-up -----------------------------------------------------------------------------
-    def _preflight(self) -> None:
-        """401/403/404 stop the run here (ConfigError); an unreachable server only warns,
-        since every generation can still fall back to the best genome."""
+    def start(self) -> None:
+        """The preflight, the strategy's first request. 401/403/404 stop the run here
+        (ConfigError); an unreachable server only warns, since every generation can still
+        fall back to the best genome."""
         try:
             self.client.preflight()
         except LLMCallError as exc:
@@ -145,7 +164,7 @@ class LLMStrategy(Strategy):
     def _start(self) -> np.ndarray:
         """Generation 0's mean: the uniform merge, or a seeded random point with
         mergekit-evolve's `random_init: true`."""
-        if self.options.get("random_init"):
+        if self.random_init:
             return self.rng.uniform(self.space.lower, self.space.upper)
         return self.space.initial.copy()
 

@@ -1,36 +1,23 @@
-"""The pool's lineage ledger: one SQLite file, `llm_evo_pool.sqlite`, in the storage path.
+"""The pool ledger: `llm_evo_pool.sqlite` in the storage path, written by `llm-evo pool`.
 
-Kept apart from the run ledger (`llm_evo.sqlite`) because a pool run has no genome or
-strategy: its record is a family tree. Every model (input or merge), its parents, the
-kinship of those parents, its score and whether it was deleted is one row of
-`pool_models`; each round's top-k is a row of `pool_rounds`; every kinship measured is a
-row of `pool_kinship`. Each write is its own transaction, as in `storage.py`.
+A ledger of its own, beside the run ledger, because a pool run has no genome or strategy:
+its record is a family tree. Every model (input or merge), its parents, the kinship of
+those parents, its score and whether it was deleted is one row of `pool_models`; each
+round's top-k is a row of `pool_rounds`; every kinship measured is a row of `pool_kinship`.
+Each write is its own transaction, as in the run ledger (both build on `base.Ledger`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_evo.storage import transaction
+from llm_evo.storage.base import Ledger, held_ledgers, runs_table
 
-FILENAME = "llm_evo_pool.sqlite"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pool_runs (
-    id INTEGER PRIMARY KEY,
-    created REAL NOT NULL,
-    config_json TEXT NOT NULL,
-    config_hash TEXT NOT NULL,
-    versions_json TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'running',
-    stop_reason TEXT,
-    finished REAL
-);
+_TABLES = runs_table("pool_runs", "stop_reason TEXT") + """
 CREATE TABLE IF NOT EXISTS pool_models (
     run_id INTEGER NOT NULL REFERENCES pool_runs(id),
     name TEXT NOT NULL,
@@ -115,55 +102,41 @@ _MODEL_COLS = ("name", "round", "origin", "path", "parent_a", "parent_b", "paren
                "eval_order", "t_merge", "t_eval", "deleted_round")
 
 
-class PoolLedger:
+class PoolLedger(Ledger):
     """Pool runs, their models (the lineage), rounds and kinship values."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.root / FILENAME
-        self.conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
-
-    @classmethod
-    def exists_in(cls, root: str | Path) -> bool:
-        return (Path(root) / FILENAME).is_file()
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def _tx(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
-        return transaction(self.conn, sql, params)
+    FILENAME = "llm_evo_pool.sqlite"
+    WHAT = "pool ledger"
+    RUNS = "pool_runs"
+    RUN_COLUMNS = ("id", "created", "config_json", "config_hash", "status", "stop_reason",
+                   "finished")
+    SCHEMA = _TABLES
 
     # ---- runs ------------------------------------------------------------------------------
     def create_run(self, config_json: str, config_hash: str, versions: dict[str, str]) -> int:
-        cur = self._tx("INSERT INTO pool_runs (created, config_json, config_hash, versions_json) "
-                       "VALUES (?, ?, ?, ?)",
-                       (time.time(), config_json, config_hash, json.dumps(versions)))
-        return int(cur.lastrowid)
+        return self._create_run(config_json, config_hash, versions)
 
     def finish_run(self, run_id: int, status: str, stop_reason: str | None) -> None:
-        self._tx("UPDATE pool_runs SET status = ?, stop_reason = ?, finished = ? WHERE id = ?",
-                 (status, stop_reason, time.time(), run_id))
+        self.set_status(run_id, status, stop_reason=stop_reason)
 
     def reopen_run(self, run_id: int) -> None:
         """A resumed run is running again until it ends."""
-        self._tx("UPDATE pool_runs SET status = 'running', stop_reason = NULL, finished = NULL "
-                 "WHERE id = ?", (run_id,))
+        self.set_status(run_id, "running", stop_reason=None)
 
     def runs(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT id, created, config_json, config_hash, status, "
-                                 "stop_reason, finished FROM pool_runs ORDER BY id").fetchall()
-        keys = ("id", "created", "config_json", "config_hash", "status", "stop_reason",
-                "finished")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return self._run_rows(self.RUN_COLUMNS)
 
-    def run(self, run_id: int | None = None) -> dict[str, Any] | None:
-        runs = self.runs()
-        if run_id is None:
-            return runs[-1] if runs else None
-        return next((r for r in runs if r["id"] == run_id), None)
+    def summaries(self) -> list[dict[str, Any]]:
+        rows = []
+        for run in self.runs():
+            models = self.models(run["id"])
+            scored = [m for m in models if m.status in ("ok", "failed")]
+            scores = [m.score for m in models if m.status == "ok" and m.score is not None]
+            rows.append({"id": run["id"], "created": run["created"], "status": run["status"],
+                         "stop_reason": run["stop_reason"], "evaluations": len(scored),
+                         "best_score": max(scores) if scores else None,
+                         "rounds": max((m.round for m in models), default=0)})
+        return rows
 
     # ---- models ----------------------------------------------------------------------------
     def add_model(self, run_id: int, rec: ModelRecord) -> None:
@@ -225,15 +198,19 @@ class PoolLedger:
                 for r in rows]
 
     def add_kinship(self, run_id: int, values: list[tuple[str, str, str, float | None]]) -> None:
-        if not values:
-            return
-        with self.conn:
-            self.conn.execute("BEGIN")
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO pool_kinship (run_id, model_a, model_b, metric, value) "
-                "VALUES (?, ?, ?, ?, ?)", [(run_id, *v) for v in values])
+        self._tx_many("INSERT OR REPLACE INTO pool_kinship (run_id, model_a, model_b, metric, "
+                      "value) VALUES (?, ?, ?, ?, ?)", [(run_id, *v) for v in values])
 
     def kinship(self, run_id: int) -> dict[tuple[str, str], float | None]:
         rows = self.conn.execute("SELECT model_a, model_b, value FROM pool_kinship "
                                  "WHERE run_id = ?", (run_id,)).fetchall()
         return {(a, b): v for a, b, v in rows}
+
+
+FILENAME = PoolLedger.FILENAME
+
+
+def is_pool_storage(path: str | Path) -> bool:
+    """Whether `open_ledger(path)` opens a pool ledger (a folder holding a run ledger too
+    opens that one)."""
+    return held_ledgers(path)[:1] == [PoolLedger]

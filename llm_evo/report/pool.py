@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_evo.errors import ConfigError
-from llm_evo.pool.lineage import FILENAME, ModelRecord, PoolLedger, RoundRecord
-from llm_evo.report import Report
+from llm_evo.report.plots import Report, figure, plots_markdown, report_folder, save
+from llm_evo.storage import ModelRecord, PoolLedger, RoundRecord, open_ledger
 
 PLOTS = {
     "family_tree": "Family tree (lineage, scores, parent kinship)",
     "rounds": "Best score and top-k kinship per round",
 }
-DPI = 110
 
 
 @dataclass(frozen=True)
@@ -43,19 +42,9 @@ class PoolView:
         return json.loads(self.run["config_json"])["pool"]["kinship_metric"]
 
 
-def is_pool_storage(path: str | Path) -> bool:
-    """A folder with a pool ledger and no run ledger (the run report wins when both exist)."""
-    from llm_evo.storage import RunStorage
-
-    path = Path(path)
-    return PoolLedger.exists_in(path) and not (path / RunStorage.FILENAME).is_file()
-
-
 def load_pool_run(path: str | Path, run_id: int | None = None) -> PoolView:
-    path = Path(path)
-    if not PoolLedger.exists_in(path):
-        raise ConfigError(f"{path}: no pool ledger ({FILENAME}) in this folder")
-    ledger = PoolLedger(path)
+    ledger = open_ledger(path, PoolLedger)
+    path = ledger.root
     try:
         run = ledger.run(run_id)
         if run is None:
@@ -67,12 +56,6 @@ def load_pool_run(path: str | Path, run_id: int | None = None) -> PoolView:
 
 
 # ---- plots -------------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
 def tree_positions(models: list[ModelRecord]) -> dict[str, tuple[float, float]]:
     """One row per round (round 0 on top), each row ordered by score, best on the left."""
     rows: dict[int, list[ModelRecord]] = {}
@@ -107,7 +90,7 @@ def plot_family_tree(view: PoolView, path: Path) -> Path:
     n_rounds = max((m.round for m in view.models), default=0) + 1
     width = max((sum(1 for m in view.models if m.round == r) for r in range(n_rounds)),
                 default=1)
-    fig = _figure(max(7.0, 1.4 * width + 2.5), max(4.0, 1.6 * n_rounds + 1.2))
+    fig = figure(max(7.0, 1.4 * width + 2.5), max(4.0, 1.6 * n_rounds + 1.2))
     ax = fig.add_subplot()
     scores = [m.score for m in view.models if m.score is not None]
     norm = Normalize(min(scores, default=0.0), max(scores, default=1.0))
@@ -156,12 +139,11 @@ def plot_family_tree(view: PoolView, path: Path) -> Path:
         Line2D([], [], marker="o", ls="", mfc="0.7", mec="0.3", alpha=0.35, label="deleted"),
     ], loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=4, fontsize=7, frameon=False)
     fig.suptitle(f"pool run {view.run_id}: family tree", fontsize=10)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    return path
+    return save(fig, path)
 
 
 def plot_rounds(view: PoolView, path: Path) -> Path:
-    fig = _figure(6.5, 3.6)
+    fig = figure(6.5, 3.6)
     ax = fig.add_subplot()
     rounds = [r.round for r in view.rounds]
     ax.plot(rounds, [r.best_score for r in view.rounds], "o-", color="tab:blue",
@@ -179,8 +161,7 @@ def plot_rounds(view: PoolView, path: Path) -> Path:
         ax2.set_ylabel(f"top-k mean {view.metric}", color="tab:red")
     fig.suptitle(f"pool run {view.run_id}: stopped ({view.run.get('stop_reason')})",
                  fontsize=10)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    return path
+    return save(fig, path)
 
 
 def _wrap(name: str, width: int = 12) -> str:
@@ -231,9 +212,7 @@ def pool_summary_markdown(view: PoolView, plots: dict[str, Path]) -> str:
         score = _fmt(m.score) if m.status == "ok" else f"failed: {(m.error or '')[:80]}"
         lines.append(f"| {m.name} | {m.round} | {parents} | {_fmt(m.parent_kinship)} | "
                      f"{'yes' if m.exploration else ''} | {score} | {kept} |")
-    lines += ["", "## Plots", ""]
-    for name, plot in plots.items():
-        lines += [f"### {PLOTS[name]}", "", f"![{PLOTS[name]}]({plot.name})", ""]
+    lines += ["", *plots_markdown(plots, PLOTS)]
     return "\n".join(lines)
 
 
@@ -241,11 +220,7 @@ def write_pool_report(storage_path: str | Path, run_id: int | None = None,
                       out_dir: str | Path | None = None) -> Report:
     """Write family_tree.png, rounds.png and summary.md for a pool run (default: latest)."""
     view = load_pool_run(storage_path, run_id)
-    out = Path(out_dir) if out_dir is not None else view.storage_path / "report"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{out}: cannot create the report folder ({exc.strerror})") from None
+    out = report_folder(out_dir, view.storage_path)
     plots = {"family_tree": plot_family_tree(view, out / "family_tree.png"),
              "rounds": plot_rounds(view, out / "rounds.png")}
     summary = out / "summary.md"
