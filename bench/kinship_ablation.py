@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from llm_evo.config import GenomeConfig, KinshipConfig  # noqa: E402
 from llm_evo.genome import Genome  # noqa: E402
-from llm_evo.kinship_search import KinshipPenalty, build_penalty  # noqa: E402
+from llm_evo.kinship.penalty import KinshipPenalty, build_penalty  # noqa: E402
 from llm_evo.strategies import make_strategy  # noqa: E402
 
 FOUND = 0.9  # a best raw score above this means the global peak was found

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from llm_evo.session.pool_loop import PoolSummary
 
 
 @click.command()
@@ -54,8 +58,9 @@ def pool(config_path: str, storage_path: str, top_k: int | None, exploration: bo
 
     from llm_evo.cli.common import setup_logging
     from llm_evo.config import load_pool_config, with_overrides
-    from llm_evo.pool.runner import PoolOptions, PoolRunner, describe
     from llm_evo.report.progress import progress_factory
+    from llm_evo.session.options import PoolOptions
+    from llm_evo.session.pool_loop import PoolLoop
 
     config = with_overrides(load_pool_config(config_path), {
         "pool.top_k": top_k,
@@ -82,11 +87,32 @@ def pool(config_path: str, storage_path: str, top_k: int | None, exploration: bo
         quiet=quiet,
         force_new_run=force_new_run,
     )
-    runner = PoolRunner(config, options, echo=lambda m: click.echo(m, err=True),
-                        progress=progress_factory(sys.stderr, quiet=quiet))
+    loop = PoolLoop(config, options, echo=lambda m: click.echo(m, err=True),
+                    progress=progress_factory(sys.stderr, quiet=quiet))
     try:
-        summary = runner.run()
+        summary = loop.run()
     except KeyboardInterrupt:
         click.echo("interrupted: the lineage so far is recorded in the storage path", err=True)
         sys.exit(130)
     click.echo(describe(summary, config.pool.kinship_metric))
+
+
+def describe(summary: PoolSummary, metric: str) -> str:
+    """The end-of-run text on stdout."""
+    lines = [f"pool run {summary.run_id}: stopped ({summary.stop_reason}) after round "
+             f"{summary.rounds}, {summary.evaluations} evaluations ({summary.failed} failed), "
+             f"{summary.elapsed:.0f} s"]
+    for rec in summary.inputs:
+        score = f"{rec.score:.4f}" if rec.score is not None else "failed"
+        lines.append(f"  input {rec.name:<24} {score}")
+    for i, rec in enumerate(summary.top_k):
+        tag = "best" if i == 0 else f"top {i + 1}"
+        parents = f" = {rec.parent_a} x {rec.parent_b}" if rec.parent_a else ""
+        lines.append(f"  {tag:<6}{rec.name:<24} {rec.score:.4f}{parents}  {rec.path}")
+    if summary.top_k_kinship is not None:
+        lines.append(f"  top-k mean {metric}: {summary.top_k_kinship:.4f}")
+    if summary.best is not None and summary.best.results:
+        per_task = ", ".join(f"{k} {v:.4f}" for k, v in summary.best.results.items()
+                             if isinstance(v, (int, float)))
+        lines.append(f"  best per task: {per_task}")
+    return "\n".join(lines)

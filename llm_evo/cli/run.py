@@ -106,10 +106,11 @@ def run(config_path: str, **flags: Any) -> None:
         load_run_config,
         secret_kwargs,
     )
-    from llm_evo.controller import Controller, RunOptions
     from llm_evo.report.progress import progress_factory
     from llm_evo.report.summary import summary_text
     from llm_evo.resolve import build_genome, check_benchmarks, task_search_paths
+    from llm_evo.session.options import RunOptions
+    from llm_evo.session.search_loop import SearchLoop
 
     config, config_dir, notes = load_run_config(config_path, flags)
     storage_path = flags["storage_path"]
@@ -146,10 +147,10 @@ def run(config_path: str, **flags: Any) -> None:
         force_new_run=flags["force_new_run"],
         timeout=flags["timeout"],
     )
-    controller = Controller(config, genome, options, echo=lambda m: click.echo(m, err=True),
-                            progress=progress_factory(sys.stderr, quiet=flags["quiet"]))
+    loop = SearchLoop(config, genome, options, echo=lambda m: click.echo(m, err=True),
+                      progress=progress_factory(sys.stderr, quiet=flags["quiet"]))
     try:
-        summary = controller.run()
+        summary = loop.run()
     except KeyboardInterrupt:
         click.echo("interrupted: finished evaluations are recorded; run the same command "
                    "again to resume", err=True)

@@ -157,7 +157,7 @@ def apply_budget(config: RunConfig, config_path: str, flags: dict[str, Any],
                  genome: Any) -> RunConfig:
     """With a --max-fevals budget and no generation count given, the generation count is
     the budget's: ceil(max_fevals / population). (An explicit count still caps it; the
-    controller stops at whichever comes first.)"""
+    search loop stops at whichever comes first.)"""
     s = config.search
     if s.max_fevals is None or flags.get("max_generation") is not None:
         return config

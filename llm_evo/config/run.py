@@ -150,7 +150,7 @@ class KinshipConfig(Frozen):
 
 
 class WandbConfig(Frozen):
-    """Weights & Biases logging (see llm_evo/tracking.py); off unless enabled.
+    """Weights & Biases logging (see llm_evo/report/tracking.py); off unless enabled.
 
     `mode` None defers to WANDB_MODE; "offline" keeps everything on disk for `wandb sync`.
     There is no key field: W&B reads WANDB_API_KEY or `wandb login` itself.

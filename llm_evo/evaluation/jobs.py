@@ -15,7 +15,7 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs, fixed for the run; built once by the controller."""
+    """Everything a worker needs, fixed for the run; built once by the session."""
 
     tasks: tuple[TaskSpec, ...]
     task_search_paths: tuple[str, ...]

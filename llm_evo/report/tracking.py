@@ -1,7 +1,7 @@
 """Weights & Biases logging, read from the run ledger.
 
-The controller calls `log_generation` after a generation is recorded; everything logged is
-computed from `RunStorage`, never from the controller's memory, so a resumed run logs exactly
+The search loop calls `log_generation` after a generation is recorded; everything logged is
+computed from `RunStorage`, never from the loop's memory, so a resumed run logs exactly
 what a fresh one would and a tracker can be pointed at any stored run. wandb is imported
 lazily (keeps `llm-evo --help` fast and runs without W&B free of its import cost).
 

@@ -1,7 +1,7 @@
 """The ask/tell contract every search strategy implements (cf. optuna's samplers).
 
 A strategy is a pure object: it proposes genotypes and learns from their scores. It owns
-no Ray, storage or logging; the controller drains `events` (LLM transcripts, sigma choices,
+no Ray, storage or logging; the search loop drains `events` (LLM transcripts, sigma choices,
 restarts) after each call and records them. `state_dict()` must be JSON-serialisable so a
 run can resume from storage.
 
@@ -90,7 +90,7 @@ class Strategy(ABC):
         return None
 
     def emit(self, kind: str, **payload: Any) -> None:
-        """Queue an event for the controller to record (never logged here)."""
+        """Queue an event for the search loop to record (never logged here)."""
         self.events.append({"kind": kind, "generation": self.generation, **payload})
 
     def drain_events(self) -> list[dict[str, Any]]:

@@ -131,7 +131,7 @@ def test_max_fevals_is_a_positive_budget():
 
 def test_generation_count_follows_the_budget():
     """ceil(max_fevals / population), as pycma's maxfevals; max_generations still caps."""
-    from llm_evo.controller import generation_count
+    from llm_evo.session.search_loop import generation_count
 
     cfg = parse_config({**MINIMAL, "search": {"max_fevals": 16, "max_generations": 100}})
     assert generation_count(cfg, 8) == 2

@@ -179,8 +179,9 @@ def test_every_strategy_gives_the_same_scores(ray_cluster, spec, jobs):
 def test_a_run_in_memory_with_buffered_scheduling(tmp_path, tiny_family, ray_cluster):
     """The controller wiring: evaluation.in_memory and --strategy buffered reach the workers."""
     from llm_evo.config import load_config
-    from llm_evo.controller import Controller, RunOptions
     from llm_evo.resolve import build_genome
+    from llm_evo.session.options import RunOptions
+    from llm_evo.session.search_loop import SearchLoop
     from llm_evo.storage import RunStorage
     from tests.e2e_helpers import write_config
 
@@ -189,7 +190,7 @@ def test_a_run_in_memory_with_buffered_scheduling(tmp_path, tiny_family, ray_clu
                                "search": {"evaluate_parents": False}})
     config = load_config(path)
     messages: list[str] = []
-    summary = Controller(config, build_genome(config),
+    summary = SearchLoop(config, build_genome(config),
                          RunOptions(storage_path=str(tmp_path / "s"), num_workers=2,
                                     scheduling="buffered", quiet=True),
                          echo=messages.append).run()

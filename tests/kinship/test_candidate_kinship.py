@@ -182,7 +182,7 @@ def test_linear_without_base_is_a_config_error(family):
     cfg = GenomeConfig(models=family["models"][:2], merge_method="linear")
     genome = Genome(cfg, family["models"][:2], None, 8)
     from llm_evo.config import KinshipConfig
-    from llm_evo.kinship_search import build_penalty
+    from llm_evo.kinship.penalty import build_penalty
 
     with pytest.raises(ConfigError, match="genome.base_model"):
         build_penalty(KinshipConfig(penalty=1.0), genome)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from llm_evo.config import load_config
-from llm_evo.controller import Controller, RunOptions
 from llm_evo.errors import ConfigError
 from llm_evo.mix.seed import initial_genotype
 from llm_evo.resolve import build_genome
+from llm_evo.session.options import RunOptions
+from llm_evo.session.search_loop import SearchLoop
 from llm_evo.storage import RunStorage
 from tests.e2e_helpers import write_config
 
@@ -56,7 +57,7 @@ def test_strategies_start_at_the_data_weights(tmp_path, tiny_family, arith_jsonl
                                            "temperature": 1.0})
     config = load_config(path)
     genome = build_genome(config)
-    controller = Controller(config, genome, RunOptions(storage_path=str(tmp_path / "s")),
+    controller = SearchLoop(config, genome, RunOptions(storage_path=str(tmp_path / "s")),
                             echo=lambda m: None)
     strat = controller._strategy()
     event = strat.events[0]
@@ -83,7 +84,7 @@ def test_relative_example_data_resolves_against_the_config_dir(tmp_path, tiny_fa
     for name in ("nope.jsonl", "ex.jsonl"):
         path = _config(tmp_path, tiny_family, {"init": "data", "example_data": name})
         config = load_config(path)
-        controller = Controller(config, build_genome(config),
+        controller = SearchLoop(config, build_genome(config),
                                 RunOptions(storage_path=str(tmp_path / "s"),
                                            config_dir=str(tmp_path)), echo=print)
         if name == "nope.jsonl":

@@ -107,7 +107,8 @@ def test_an_unfinished_run_of_another_config_is_not_resumed(tmp_path, pool_model
 def test_an_upgrade_alone_does_not_block_a_resume(tmp_path, pool_models):
     """A stored config without a field added since (so another hash) still resumes: it is
     read with today's schema, as `llm-evo run` does."""
-    from llm_evo.pool.runner import PoolOptions, PoolRunner
+    from llm_evo.session.options import PoolOptions
+    from llm_evo.session.pool_loop import PoolLoop
 
     config = load_pool_config(write_pool_config(tmp_path, pool_models))
     old = json.loads(config.canonical_json())
@@ -115,7 +116,7 @@ def test_an_upgrade_alone_does_not_block_a_resume(tmp_path, pool_models):
     ledger = PoolLedger(tmp_path / "s")
     run_id = ledger.create_run(json.dumps(old), "an-older-hash", {})
     said = []
-    runner = PoolRunner(config, PoolOptions(storage_path=str(tmp_path / "s")), echo=said.append)
+    runner = PoolLoop(config, PoolOptions(storage_path=str(tmp_path / "s")), echo=said.append)
     assert runner._open_run(ledger) == run_id
     assert said and said[0].startswith("resuming pool run 1 (running)")
     ledger.close()

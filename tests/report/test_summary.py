@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_evo.config import parse_config
-from llm_evo.controller import RunSummary
 from llm_evo.report.summary import summary_text
+from llm_evo.session.search_loop import RunSummary
 from llm_evo.storage import CandidateRecord
 
 A, C = "tiny_skill_arith/acc,none", "tiny_skill_category/acc,none"

@@ -23,23 +23,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from llm_evo.config import PoolConfig, format_diff, resume_diff
-from llm_evo.errors import ConfigError, WorkersLostError
-from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
+from llm_evo.config import PoolConfig
+from llm_evo.errors import ConfigError
+from llm_evo.evaluation.jobs import Job, JobResult
 from llm_evo.genome import dump_yaml, model_label, resolve_path
-from llm_evo.options import SessionOptions
 from llm_evo.pool import algorithm as algo
 from llm_evo.pool.merging import pair_merge_config
 from llm_evo.report.progress import ProgressFactory, silent_progress
+from llm_evo.session.options import PoolOptions
+from llm_evo.session.pool_kinship import KinshipCache
+from llm_evo.session.session import (
+    build_worker_spec,
+    library_versions,
+    no_echo,
+    open_or_resume,
+    pool_policy,
+    running_workers,
+)
 from llm_evo.storage import ModelRecord, PoolLedger, RoundRecord
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PoolOptions(SessionOptions):
-    """Run-time choices that are not part of the pool definition (CLI flags): so far, only
-    the ones every session has."""
 
 
 @dataclass
@@ -56,49 +59,11 @@ class PoolSummary:
     inputs: list[ModelRecord] = field(default_factory=list)
 
 
-class KinshipCache:
-    """Pair kinship against the base, each pair measured once and stored in the ledger.
-
-    Missing pairs are filled with one streaming `kinship_matrix` pass over every model
-    involved, which reads each checkpoint once however many pairs it is in.
-    """
-
-    def __init__(self, base: str, metric: str, ledger: PoolLedger, run_id: int):
-        self.base = base
-        self.metric = metric
-        self.ledger = ledger
-        self.run_id = run_id
-        self.values: dict[tuple[str, str], float] = {}
-        self.paths: dict[str, str] = {}
-
-    def ensure(self, pairs: list[tuple[str, str]]) -> None:
-        missing = [p for p in pairs if algo.pair_key(*p) not in self.values and p[0] != p[1]]
-        if not missing:
-            return
-        from llm_evo.kinship import kinship_matrix
-
-        names = sorted({n for p in missing for n in p})
-        matrix = kinship_matrix([self.paths[n] for n in names], self.base, labels=names)
-        values = matrix.metric(self.metric)
-        rows = []
-        for i, a in enumerate(names):
-            for j in range(i + 1, len(names)):
-                b = names[j]
-                v = float(values[i, j])
-                self.values[algo.pair_key(a, b)] = v
-                rows.append((*algo.pair_key(a, b), self.metric, None if math.isnan(v) else v))
-        self.ledger.add_kinship(self.run_id, rows)
-
-    def __call__(self, a: str, b: str) -> float:
-        self.ensure([(a, b)])
-        return self.values[algo.pair_key(a, b)]
-
-
-class PoolRunner:
+class PoolLoop:
     """Runs one pool search (see `llm_evo.pool.algorithm` for the decisions it makes)."""
 
     def __init__(self, config: PoolConfig, options: PoolOptions,
-                 echo: Callable[[str], None] = print, progress: ProgressFactory | None = None):
+                 echo: Callable[[str], None] = no_echo, progress: ProgressFactory | None = None):
         self.config = config
         self.section = config.pool
         self.options = options
@@ -141,52 +106,28 @@ class PoolRunner:
                     f"pool.models[{i}]: {f.architecture} with {f.num_layers} layers, but the "
                     f"base is {first.architecture} with {first.num_layers}")
 
-    def _worker_spec(self) -> WorkerSpec:
-        from llm_evo.evaluation.spec import worker_spec
-        from llm_evo.resolve import task_search_paths
-
-        cfg = self.config
-        paths = task_search_paths(cfg, self.options.task_search_paths, self.config_dir)
-        return worker_spec(
-            cfg,
-            task_search_paths=paths,
-            merge_dir=str((self.root / "merges").resolve()),
-            seed=self.section.seed,
-            trust_remote_code=self.options.trust_remote_code,
-            allow_crimes=self.options.allow_crimes,
-        )
-
     def _open_run(self, ledger: PoolLedger) -> int:
-        from llm_evo.controller import library_versions
-
-        previous = ledger.run()
-        if previous is None or self.options.force_new_run:
+        """A new pool run, or the unfinished one of the same config, replayed from its ledger
+        (see the module's docstring)."""
+        def create() -> int:
             return ledger.create_run(self.config.canonical_json(), self.config.config_hash(),
                                      library_versions())
-        run_id, status = previous["id"], previous["status"]
-        if status == "finished":
-            raise ConfigError(f"{self.root} already holds pool run {run_id} (finished); use a "
-                              "new --storage-path or pass --force-new-run")
-        diff = (resume_diff(previous["config_json"], self.config)
-                if previous["config_hash"] != self.config.config_hash() else [])
-        if diff:
-            raise ConfigError(
-                f"{self.root} already holds pool run {run_id} ({status}) of a different config "
-                f"({format_diff(diff)}); resume it with the same config and flags, or pass "
-                "--force-new-run")
+
+        run_id, previous = open_or_resume(ledger, self.config, pool_policy(self.options),
+                                          self.root, create)
+        if previous is None:
+            return run_id
         self.saved = {m.name: m for m in ledger.models(run_id)}
         ledger.reopen_run(run_id)
         done = sum(m.eval_order is not None for m in self.saved.values())
-        self.echo(f"resuming pool run {run_id} ({status}): {len(self.saved)} models and "
-                  f"{done} evaluations on record are replayed, not redone")
+        self.echo(f"resuming pool run {run_id} ({previous['status']}): {len(self.saved)} "
+                  f"models and {done} evaluations on record are replayed, not redone")
         return run_id
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> PoolSummary:
-        from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
-
         started = time.perf_counter()
-        spec = self._worker_spec()
+        spec = build_worker_spec(self.config, self.options, self.root, self.section.seed)
         self.ledger = ledger = PoolLedger(self.root)
         self.run_id = self._open_run(ledger)
         self.models_dir = (self.root / "pool_models" / f"run{self.run_id}").resolve()
@@ -194,35 +135,32 @@ class PoolRunner:
         self.kin = KinshipCache(self.base, self.section.kinship_metric, ledger, self.run_id)
         for pair, value in ledger.kinship(self.run_id).items():  # a resumed run's pairs
             self.kin.values[pair] = math.nan if value is None else value
-        workers = WorkerSet(spec, WorkerOptions(ray_address=self.options.ray_address,
-                                                num_workers=self.options.num_workers,
-                                                num_gpus=self.options.num_gpus,
-                                                echo=self.echo))
-        status, reason, last_round = "failed", "error", 0
-        try:
-            workers.start()
-            infos = workers.worker_info
-            self.echo(f"workers: {len(infos)} on "
-                      f"{', '.join(sorted({i['device'] for i in infos}))}; pool of "
-                      f"{len(self.inputs)} input models, top-k {self.section.top_k}, "
-                      f"exploration {'on' if self.section.exploration else 'off'}")
-            reason, last_round = self._loop(workers)
-            status = "finished"
-        except (KeyboardInterrupt, WorkersLostError):
-            status, reason = "interrupted", "interrupted"  # resumable: nothing finished is lost
-            raise
-        finally:
-            ledger.finish_run(self.run_id, status, reason)
-            workers.shutdown()
-            shutil.rmtree(self.root / "merges", ignore_errors=True)
+        self.stop_reason, last_round = "error", 0
+        with running_workers(spec, self.options, record_status=self._ended, echo=self.echo,
+                             describe=self._describe_pool,
+                             after=lambda _: shutil.rmtree(self.root / "merges",
+                                                           ignore_errors=True)) as workers:
+            self.stop_reason, last_round = self._loop(workers)
         top = [self.records[n] for n in self.top]
         return PoolSummary(
-            run_id=self.run_id, stop_reason=reason, rounds=last_round,
+            run_id=self.run_id, stop_reason=self.stop_reason, rounds=last_round,
             evaluations=self.evaluations, failed=self.failed,
             best=top[0] if top else None, top_k=top,
             top_k_kinship=self._top_kinship(), elapsed=time.perf_counter() - started,
             inputs=[self.records[n] for n in self.input_names],
         )
+
+    def _ended(self, status: str) -> None:
+        """An interrupted run says so (resumable: nothing finished is lost); a failed one
+        stops with "error"."""
+        if status != "finished":
+            self.stop_reason = "interrupted" if status == "interrupted" else "error"
+        self.ledger.finish_run(self.run_id, status, self.stop_reason)
+
+    def _describe_pool(self, infos: list[dict]) -> str:
+        s = self.section
+        return (f"; pool of {len(self.inputs)} input models, top-k {s.top_k}, "
+                f"exploration {'on' if s.exploration else 'off'}")
 
     def _loop(self, workers) -> tuple[str, int]:
         s = self.section
@@ -424,24 +362,3 @@ def _unique_labels(paths: list[str]) -> list[str]:
     if len(set(labels)) == len(labels):
         return labels
     return [f"{label}-{i}" for i, label in enumerate(labels)]
-
-
-def describe(summary: PoolSummary, metric: str) -> str:
-    """The end-of-run text on stdout."""
-    lines = [f"pool run {summary.run_id}: stopped ({summary.stop_reason}) after round "
-             f"{summary.rounds}, {summary.evaluations} evaluations ({summary.failed} failed), "
-             f"{summary.elapsed:.0f} s"]
-    for rec in summary.inputs:
-        score = f"{rec.score:.4f}" if rec.score is not None else "failed"
-        lines.append(f"  input {rec.name:<24} {score}")
-    for i, rec in enumerate(summary.top_k):
-        tag = "best" if i == 0 else f"top {i + 1}"
-        parents = f" = {rec.parent_a} x {rec.parent_b}" if rec.parent_a else ""
-        lines.append(f"  {tag:<6}{rec.name:<24} {rec.score:.4f}{parents}  {rec.path}")
-    if summary.top_k_kinship is not None:
-        lines.append(f"  top-k mean {metric}: {summary.top_k_kinship:.4f}")
-    if summary.best is not None and summary.best.results:
-        per_task = ", ".join(f"{k} {v:.4f}" for k, v in summary.best.results.items()
-                             if isinstance(v, (int, float)))
-        lines.append(f"  best per task: {per_task}")
-    return "\n".join(lines)

@@ -1,15 +1,16 @@
-"""Kinship-aware search: the penalty arithmetic, best-by-raw-score, the stagnation hook of each
-strategy, resuming the stagnation streak, and one real run through the controller (Ray,
-mergekit, lm-eval) with a penalty switched on."""
+"""Kinship-aware search as a hook: best-by-raw-score, the stagnation hook of each strategy,
+resuming the stagnation streak, and one real run through the search loop (Ray, mergekit,
+lm-eval) with a penalty switched on (the penalty arithmetic: tests/kinship/test_penalty.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from llm_evo.config import GenomeConfig, KinshipConfig, load_config, parse_config
+from llm_evo.config import GenomeConfig, load_config, parse_config
 from llm_evo.genome import Genome
-from llm_evo.kinship_search import CACHE_FILE, KinshipSearch, build_penalty, excess
+from llm_evo.kinship.penalty import build_penalty
+from llm_evo.session.hooks import KinshipHook
 from llm_evo.storage import CandidateRecord, RunStorage
 from llm_evo.strategies import make_strategy
 from tests.e2e_helpers import FAMILY, TASKS, family_dir, write_config
@@ -32,55 +33,29 @@ def run_config(tiny_family, **kinship):
     }), genome
 
 
-def test_penalty_arithmetic_and_cache(tiny_family, tmp_path):
-    genome = tiny_genome(tiny_family)
-    config = KinshipConfig(metric="cs", penalty=2.0, threshold=0.9)
-    penalty, facts = build_penalty(config, genome, tmp_path)
-    assert not facts["cached"] and facts["exact"] and (tmp_path / CACHE_FILE).is_file()
-    # One read of base + 2 models: the tensor bytes read never exceed the files' bytes.
-    assert 0 < facts["bytes_read"] <= facts["file_bytes"] and facts["checkpoints_read"] == 3
-    rng = np.random.default_rng(0)
-    genotypes = [rng.uniform(0, 1, genome.n_genes) for _ in range(4)]
-    elite = [rng.uniform(0, 1, genome.n_genes) for _ in range(2)]
-    got = penalty.assess(genotypes, elite)
-    matrix = penalty.model.matrix("cs", genotypes + elite)
-    for i, k in enumerate(got.kinship):
-        assert k == pytest.approx(matrix[i, 4:].mean(), abs=1e-12)
-        assert penalty.penalised(0.7, k) == pytest.approx(0.7 - 2.0 * max(0.0, k - 0.9))
-    pairs = matrix[:4, :4][np.triu_indices(4, 1)]
-    assert got.diversity["mean"] == pytest.approx(pairs.mean())
-    assert got.diversity["min"] == pytest.approx(pairs.min())
-    # population: each candidate against the others, never itself
-    pop = penalty.assess(genotypes, population=True)
-    assert pop.kinship[0] == pytest.approx(np.delete(matrix[0, :4], 0).mean())
-    # lambda = 0 switches the penalty off, whatever the kinship
-    off, _ = build_penalty(config.model_copy(update={"penalty": 0.0}), genome, tmp_path)
-    assert off.penalised(0.7, 0.999) == 0.7
-    # ed is a distance: closeness (below the threshold) is what is penalised
-    assert excess("ed", 3.0, 5.0) == 2.0 and excess("ed", 6.0, 5.0) == 0.0
-    assert excess("cs", 0.95, 0.9) == pytest.approx(0.05) and excess("cs", None, 0.9) == 0.0
-    # the second start loads the run's cache instead of reading the models again
-    again, facts2 = build_penalty(config, genome, tmp_path)
-    assert facts2["cached"]
-    np.testing.assert_array_equal(again.model.matrix("cs", genotypes + elite), matrix)
+def started_hook(config, genome, storage, root) -> KinshipHook:
+    """A kinship hook as the search loop has it once the strategy has started (models read)."""
+    hook = KinshipHook(config, genome, storage, root)
+    hook.prepare()
+    return hook
 
 
 def test_best_is_chosen_by_raw_score(tiny_family, tmp_path):
     config, genome = run_config(tiny_family, penalty=2.0, threshold=0.5)
     storage = RunStorage(tmp_path)
-    search = KinshipSearch.start(config, genome, storage, tmp_path, echo=lambda m: None)
+    search = started_hook(config, genome, storage, tmp_path)
     run_id = storage.create_run(config.canonical_json(), config.config_hash(), 0, {})
 
     def rec(idx: int, score: float) -> CandidateRecord:
         return CandidateRecord(0, idx, "candidate", None, [0.5] * genome.n_genes, "cfg",
                                {}, score, "ok", None)
 
-    inbred = search.record(rec(0, 0.8), 0.99)
-    outbred = search.record(rec(1, 0.7), 0.3)
+    inbred = search.on_result(rec(0, 0.8), 0.99)
+    outbred = search.on_result(rec(1, 0.7), 0.3)
     assert (inbred.raw_score, inbred.kinship) == (0.8, 0.99)
     assert inbred.score == pytest.approx(0.8 - 2.0 * 0.49)
     assert outbred.score == 0.7  # below the threshold: no penalty
-    failed = search.record(CandidateRecord(0, 2, "candidate", None, None, None, None, None,
+    failed = search.on_result(CandidateRecord(0, 2, "candidate", None, None, None, None, None,
                                            "failed", "boom"), 0.5)
     assert failed.score is None and failed.kinship == 0.5
     for r in (inbred, outbred, failed):
@@ -92,7 +67,7 @@ class _Diversity:
     """Feeds after_generation a chosen population kinship, as assess would have computed."""
 
     @staticmethod
-    def set(search: KinshipSearch, generation: int, mean: float) -> None:
+    def set(search: KinshipHook, generation: int, mean: float) -> None:
         search._diversity[generation] = {"mean": mean, "min": mean - 0.01, "max": mean,
                                          "metric": "cs", "candidates": 4}
 
@@ -101,10 +76,10 @@ def test_stagnation_calls_each_strategy_hook(tiny_family, tmp_path):
     config, genome = run_config(tiny_family, stagnation=0.95, stagnation_generations=2)
     storage = RunStorage(tmp_path)
     run_id = storage.create_run(config.canonical_json(), config.config_hash(), 0, {})
-    search = KinshipSearch.start(config, genome, storage, tmp_path, echo=lambda m: None)
+    search = started_hook(config, genome, storage, tmp_path)
     cma = make_strategy("cma", genome.space, seed=0, population_size=4)
     xs = cma.ask()
-    search.assess(run_id, 0, xs, cma)
+    search.before_generation(run_id, 0, xs, cma)
     cma.tell(xs, [float(-np.sum(x**2)) for x in xs])
     sigma = cma.es.sigma
     for gen, mean in enumerate([0.97, 0.90, 0.96]):  # high, low (streak resets), high
@@ -125,9 +100,9 @@ def test_stagnation_calls_each_strategy_hook(tiny_family, tmp_path):
     assert [e["kind"] for e in rnd.drain_events()] == ["stagnation"]
     # a resumed run replays the stored diversity events: gens 2 and 3 were high, but the
     # streak was reset by the trigger at 3; one more high generation does not fire (G = 2)
-    resumed = KinshipSearch.start(config, genome, storage, tmp_path, echo=lambda m: None)
+    resumed = started_hook(config, genome, storage, tmp_path)
     cma2 = make_strategy("cma", genome.space, seed=0, population_size=4)
-    resumed.assess(run_id, 4, cma2.ask(), cma2)
+    resumed.before_generation(run_id, 4, cma2.ask(), cma2)
     resumed._diversity[4] = {"mean": 0.99, "min": 0.98, "max": 0.99, "metric": "cs",
                              "candidates": 4}
     resumed.after_generation(run_id, 4, cma2)
@@ -169,9 +144,10 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_real_run_with_kinship_penalty(tmp_path, tiny_family, ray_cluster):
-    from llm_evo.controller import Controller, RunOptions
     from llm_evo.report.summary import summary_text
     from llm_evo.resolve import build_genome
+    from llm_evo.session.options import RunOptions
+    from llm_evo.session.search_loop import SearchLoop
 
     kinship = {"penalty": 2.0, "threshold": 0.5, "stagnation": 0.0,
                "stagnation_generations": 1}
@@ -181,7 +157,7 @@ def test_real_run_with_kinship_penalty(tmp_path, tiny_family, ray_cluster):
     config = load_config(path)
     genome = build_genome(config)
     storage_path = tmp_path / "s"
-    summary = Controller(config, genome, RunOptions(storage_path=str(storage_path),
+    summary = SearchLoop(config, genome, RunOptions(storage_path=str(storage_path),
                                                     num_workers=2, quiet=True),
                          echo=lambda m: None).run()
     store = RunStorage(storage_path)

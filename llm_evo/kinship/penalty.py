@@ -1,13 +1,12 @@
-"""Kinship-aware search: penalise inbred candidates, and widen the search when the population
-has collapsed onto itself (model kinship, arXiv 2410.12613: merging close relatives saturates).
+"""The kinship penalty: how inbred a candidate is, what score the search sees, and when a
+population has collapsed onto itself (model kinship, arXiv 2410.12613: merging close
+relatives saturates).
 
-`KinshipPenalty` is pure: genotypes in, kinship and penalised scores out, from a
-`CandidateKinship` model (exact Gram moments for linear / task_arithmetic / slerp, a
-coordinate sketch for ties / dare_ties), so nothing is merged to measure kinship.
-`KinshipSearch` is the controller's side: it builds (or loads from the run's storage) the
-statistics once per run, picks the reference set each generation, records raw score,
-kinship and penalised score per candidate, logs a `kinship_diversity` event per generation,
-and calls `Strategy.on_stagnation` when the population's kinship stays high.
+Pure math over a `CandidateKinship` model (exact Gram moments for linear / task_arithmetic /
+slerp, a coordinate sketch for ties / dare_ties), so nothing is merged to measure kinship;
+`build_penalty` reads the models once (or loads their statistics from a cache file). No
+ledger and no strategy here: the search loop's side (reference sets, recording, stagnation
+events) is `llm_evo.session.hooks.KinshipHook`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +26,8 @@ from llm_evo.config import KinshipConfig
 from llm_evo.errors import InvalidGenotypeError
 
 if TYPE_CHECKING:
-    from llm_evo.config import RunConfig
     from llm_evo.genome import Genome
     from llm_evo.kinship.candidate import CandidateKinship
-    from llm_evo.storage import CandidateRecord, RunStorage
-    from llm_evo.strategies.base import Strategy
 
 CACHE_FILE = "kinship_gram.npz"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
@@ -195,129 +191,3 @@ def build_penalty(config: KinshipConfig, genome: Genome, cache_dir: str | Path |
         "blocks": model.n_blocks,
     }
     return KinshipPenalty(config, model), facts
-
-
-class KinshipSearch:
-    """What the controller calls: once per run `start`, then per generation `assess`,
-    `record` per result, and `after_generation`."""
-
-    def __init__(self, config: RunConfig, genome: Genome, storage: RunStorage,
-                 root: str | Path, echo: Callable[[str], None] = print) -> None:
-        self.config = config.kinship
-        self.genome = genome
-        self.storage = storage
-        self.root = Path(root)
-        self.echo = echo
-        self.penalty: KinshipPenalty | None = None
-        self.facts: dict[str, Any] = {}
-        self.seconds = 0.0
-        self.assessed = 0
-        self._diversity: dict[int, dict[str, Any] | None] = {}
-        self._restored = False
-
-    @classmethod
-    def start(cls, config: RunConfig, genome: Genome, storage: RunStorage, root: str | Path,
-              echo: Callable[[str], None] = print) -> KinshipSearch | None:
-        """None when the config does not ask for kinship; else prepared (models read once)."""
-        if not config.kinship.active:
-            return None
-        search = cls(config, genome, storage, root, echo)
-        search.prepare()
-        return search
-
-    def prepare(self) -> None:
-        self.penalty, self.facts = build_penalty(self.config, self.genome, self.root)
-        f = self.facts
-        how = ("loaded from the run's cache" if f["cached"] else
-               f"from one read of {f['checkpoints_read']} checkpoints "
-               f"({f['bytes_read'] / 1e6:.1f} MB of {f['file_bytes'] / 1e6:.1f} MB in files)")
-        mode = "exact" if f["exact"] else f"sketch of {f['sketch_size']} coordinates"
-        c = self.config
-        self.echo(f"kinship: {c.metric} against the {c.against}, penalty {c.penalty:g} beyond "
-                  f"{c.threshold:g} ({mode}); statistics of {f['tensors']} tensors {how} "
-                  f"in {f['seconds']:.1f}s"
-                  + ("" if f["cached"] else f" (the pass itself {f['pass_seconds']:.1f}s)"))
-
-    # ---- per generation --------------------------------------------------------------------
-    def _restore(self, run_id: int, generation: int) -> None:
-        """Replay the stored diversity events before `generation`: the stagnation streak
-        continues exactly where an interrupted run left it."""
-        if self._restored:
-            return
-        self._restored = True
-        self.storage.add_events(run_id, [{"kind": "kinship_gram", "generation": generation,
-                                          **self.facts}])
-        last: dict[int, dict[str, Any]] = {}
-        for event in self.storage.events(run_id, kind="kinship_diversity"):
-            g = event.get("generation")
-            if isinstance(g, int) and g < generation and isinstance(event.get("mean"), float):
-                last[g] = event
-        for g in sorted(last):
-            self.penalty.stagnant(last[g])
-
-    def _reference(self, run_id: int, genotypes: Sequence[np.ndarray],
-                   strategy: Strategy) -> list[np.ndarray]:
-        against = self.config.against
-        if against == "population":
-            return []
-        if against == "mean":
-            mean = strategy.search_mean()
-            if mean is None:
-                mean = np.mean([np.asarray(g, dtype=np.float64) for g in genotypes], axis=0)
-            return [np.asarray(mean, dtype=np.float64)]
-        ok = [c for c in self.storage.candidates(run_id, kind="candidate")
-              if c.status == "ok" and c.genotype is not None and c.raw_score is not None]
-        ok.sort(key=lambda c: c.raw_score, reverse=True)
-        return [np.asarray(c.genotype, dtype=np.float64) for c in ok[: self.config.elite_size]]
-
-    def assess(self, run_id: int, generation: int, genotypes: Sequence[np.ndarray],
-               strategy: Strategy) -> list[float | None]:
-        """Each candidate's kinship to the reference set, before anything is merged."""
-        self._restore(run_id, generation)
-        started = time.perf_counter()
-        reference = self._reference(run_id, genotypes, strategy)
-        result = self.penalty.assess(genotypes, reference,
-                                     population=self.config.against == "population")
-        self.seconds += time.perf_counter() - started
-        self.assessed += len(genotypes)
-        self._diversity[generation] = result.diversity
-        return result.kinship
-
-    def record(self, rec: CandidateRecord, kinship: float | None) -> CandidateRecord:
-        """raw_score = the task score, score = the penalised one the strategy is told."""
-        if rec.status != "ok" or rec.score is None:
-            return replace(rec, kinship=kinship)
-        raw = rec.score
-        return replace(rec, raw_score=raw, kinship=kinship,
-                       score=self.penalty.penalised(raw, kinship))
-
-    def after_generation(self, run_id: int, generation: int, strategy: Strategy) -> None:
-        """Log the generation's diversity; on stagnation, let the strategy widen its search."""
-        diversity = self._diversity.pop(generation, None)
-        if diversity is not None:
-            self.storage.add_events(run_id, [{"kind": "kinship_diversity",
-                                              "generation": generation, **diversity}])
-        if self.penalty.stagnant(diversity):
-            c = self.config
-            side = "below" if c.metric == "ed" else "above"
-            strategy.on_stagnation(
-                f"mean {c.metric} kinship {side} {c.stagnation:g} for "
-                f"{c.stagnation_generations} generation(s)")
-
-    # ---- end of run ------------------------------------------------------------------------
-    def summary(self, candidates: Sequence[CandidateRecord]) -> dict[str, Any]:
-        """Per-candidate kinship cost against the mean evaluation time of this run."""
-        per = self.seconds / self.assessed if self.assessed else None
-        times = [c.t_total for c in candidates if c.status == "ok" and c.t_total]
-        evaluation = float(np.mean(times)) if times else None
-        return {
-            "metric": self.config.metric,
-            "per_candidate_s": per,
-            "eval_s": evaluation,
-            "fraction": per / evaluation if per is not None and evaluation else None,
-            "candidates": self.assessed,
-            **{k: self.facts.get(k) for k in ("seconds", "pass_seconds", "bytes_read",
-                                              "file_bytes",
-                                              "cached", "exact", "sketch_size",
-                                              "checkpoints_read")},
-        }

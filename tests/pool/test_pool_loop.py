@@ -1,4 +1,4 @@
-"""The runner's parts that need no Ray: kinship measured once per pair, labels, config checks."""
+"""The pool loop's parts that need no Ray: kinship measured once per pair, labels, config checks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 
 from llm_evo.config import parse_pool_config
 from llm_evo.errors import ConfigError
-from llm_evo.pool.runner import KinshipCache, PoolOptions, PoolRunner, _unique_labels
+from llm_evo.session.options import PoolOptions
+from llm_evo.session.pool_kinship import KinshipCache
+from llm_evo.session.pool_loop import PoolLoop, _unique_labels
 from llm_evo.storage import PoolLedger
 
 
@@ -42,5 +44,5 @@ def test_models_are_checked_before_ray_starts(tmp_path, pool_models):
                  "base_model": str(tmp_path / "no_base")},
         "tasks": ["t"]})
     with pytest.raises(ConfigError, match="pool.base_model"):
-        PoolRunner(cfg, PoolOptions(storage_path=str(tmp_path / "s")))
+        PoolLoop(cfg, PoolOptions(storage_path=str(tmp_path / "s")))
     assert not (tmp_path / "s").exists()  # nothing written for a config that cannot run

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from llm_evo.config import load_config
-from llm_evo.controller import Controller, RunOptions
 from llm_evo.resolve import build_genome
+from llm_evo.session.options import RunOptions
+from llm_evo.session.search_loop import SearchLoop
 from llm_evo.storage import RunStorage
 from llm_evo.strategies import register_strategy
 from llm_evo.strategies.base import Strategy
@@ -64,7 +65,7 @@ def test_invalid_genotype_recorded_and_run_finishes(tmp_path, tiny_family, ray_c
     zero_sum = np.tile([0.5, -0.5], genome.n_genes // 2)  # normalised weights sum to 0
     ScriptedStrategy.script = [[good, zero_sum, good * 0.5], [zero_sum, good, good]]
     ScriptedStrategy.told = []
-    summary = Controller(config, genome, RunOptions(storage_path=str(tmp_path / "s"),
+    summary = SearchLoop(config, genome, RunOptions(storage_path=str(tmp_path / "s"),
                                                     num_workers=2, quiet=True),
                          echo=lambda m: None).run()
     store = RunStorage(tmp_path / "s")

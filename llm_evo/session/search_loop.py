@@ -1,8 +1,12 @@
-"""The generation loop: ask the strategy, evaluate on the workers, record, tell.
+"""The generation loop of `llm-evo run`: ask the strategy, evaluate on the workers, record,
+tell; the parents' evaluation before it and the final merge after it.
 
-The controller owns Ray (through the worker set), storage and progress output; strategies and
-the genome stay pure. Each finished evaluation is recorded before anything else happens,
-and `best_config.yaml` is rewritten the moment the best improves.
+The loop owns the run's ledger and progress output; strategies and the genome stay pure,
+and what acts on candidates (kinship, the data-driven start) comes in as hooks
+(`session.hooks`). Each finished evaluation is recorded before anything else happens, and
+`best_config.yaml` is rewritten the moment the best improves. A checkpoint after `ask`
+("asked") and after `tell` ("told") lets a resumed run re-propose the very genotypes whose
+evaluations are on record.
 """
 
 from __future__ import annotations
@@ -10,44 +14,35 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llm_evo import __version__
-from llm_evo.config import RunConfig, format_diff, resume_diff
-from llm_evo.errors import ConfigError, InvalidGenotypeError, WorkersLostError
-from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
+from llm_evo.config import RunConfig
+from llm_evo.errors import InvalidGenotypeError
+from llm_evo.evaluation.jobs import Job, JobResult
 from llm_evo.genome import Genome, model_label
-from llm_evo.kinship_search import KinshipSearch
 from llm_evo.model_ref import parent_job_source
-from llm_evo.options import SessionOptions
 from llm_evo.report.progress import ProgressFactory, silent_progress
+from llm_evo.session.hooks import search_hooks
+from llm_evo.session.options import RunOptions
+from llm_evo.session.session import (
+    build_worker_spec,
+    library_versions,
+    no_echo,
+    open_or_resume,
+    run_policy,
+    running_workers,
+)
 from llm_evo.storage import CandidateRecord, RunStorage
 from llm_evo.strategies import Strategy, strategy_from_config
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunOptions(SessionOptions):
-    """Run-time choices that are not part of the search definition (mostly CLI flags)."""
-
-    merge_cuda: bool = True
-    save_final_model: bool = False
-    scheduling: str = "pool"
-    strategy_kwargs: dict[str, Any] = field(default_factory=dict)
-    resume: bool = False  # insist on continuing a run (an error if there is none)
-    # mergekit-evolve's --timeout: no generation starts after this many seconds of search
-    # (the one running finishes), counted from this invocation's first generation.
-    timeout: float | None = None
-    wandb_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,27 +57,15 @@ class RunSummary:
     final_model_path: Path | None
     resumed: bool = False
     status: str = "finished"
-    kinship: dict[str, Any] | None = None  # per-candidate kinship cost (KinshipSearch.summary)
+    kinship: dict[str, Any] | None = None  # per-candidate kinship cost (KinshipHook.summary)
     llm_usage: tuple[int, int] | None = None  # LLM strategy: (proposals used, generations asked)
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"llm-evo": __version__, "python": platform.python_version()}
-    for pkg in ("mergekit", "lm-eval", "ray", "torch", "transformers", "cma", "openai"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-class Controller:
-    """Runs one search: parents first, then `max_generations` generations."""
+class SearchLoop:
+    """Runs one search: parents first, then the generations the budget allows."""
 
     def __init__(self, config: RunConfig, genome: Genome, options: RunOptions,
-                 echo: Callable[[str], None] = print, progress: ProgressFactory | None = None):
+                 echo: Callable[[str], None] = no_echo, progress: ProgressFactory | None = None):
         self.config = config
         self.genome = genome
         self.options = options
@@ -93,24 +76,26 @@ class Controller:
         self.best: CandidateRecord | None = None
         self.merge_dtype = "float32"
         self.n_generations = config.search.max_generations  # set from the budget by run()
-        self.kinship: KinshipSearch | None = None
+        self.status = "failed"  # how the run ended, once it has
+        config_dir = Path(options.config_dir) if options.config_dir else None
+        self.hooks = search_hooks(config, genome, self.storage, self.root, config_dir, echo)
 
     # ---- set-up ----------------------------------------------------------------------------
-    def _worker_spec(self) -> WorkerSpec:
-        from llm_evo.evaluation.spec import worker_spec
-        from llm_evo.resolve import task_search_paths
+    def _strategy(self) -> Strategy:
+        space = self.genome.space
+        for hook in self.hooks:
+            space = hook.search_space(space)
+        # Only the strategy's own options; secrets (an API key) come from the command line.
+        strategy = strategy_from_config(space, self.config, self.options.strategy_kwargs)
+        strategy.start()  # e.g. the LLM server's preflight: a bad key stops the run here
+        for hook in self.hooks:
+            hook.started(strategy)
+        return strategy
 
-        cfg = self.config
-        ev = cfg.evaluation
-        config_dir = Path(self.options.config_dir) if self.options.config_dir else None
-        paths = task_search_paths(cfg, self.options.task_search_paths, config_dir)
-        return worker_spec(
-            cfg,
-            task_search_paths=paths,
-            merge_dir=str((self.root / "merges").resolve()),
-            seed=cfg.search.seed,
-            trust_remote_code=self.options.trust_remote_code,
-            allow_crimes=self.options.allow_crimes,
+    def _worker_spec(self):
+        ev = self.config.evaluation
+        return build_worker_spec(
+            self.config, self.options, self.root, self.config.search.seed,
             merge_cuda=self.options.merge_cuda,
             in_memory=ev.in_memory,
             input_cache=ev.input_cache,
@@ -120,48 +105,19 @@ class Controller:
                                         else [])])),
         )
 
-    def _strategy(self) -> Strategy:
-        s = self.config.search
-        space, init = self.genome.space, None
-        if s.init == "data":  # start where `llm-evo mix --example-data` would mix
-            from llm_evo.mix.seed import search_init_weights, seeded_space
-
-            config_dir = Path(self.options.config_dir) if self.options.config_dir else None
-            init = search_init_weights(self.genome, s.example_data, s.temperature, config_dir)
-            space = seeded_space(self.genome, init.weights)
-            self.echo("search.init data: " + ", ".join(
-                f"{label} {w:.3f} (loss {loss:.3f})" for label, w, loss in
-                zip(self.genome.model_labels, init.weights, init.losses, strict=True)))
-        # Only the strategy's own options; secrets (an API key) come from the command line.
-        strategy = strategy_from_config(space, self.config, self.options.strategy_kwargs)
-        strategy.start()  # e.g. the LLM server's preflight: a bad key stops the run here
-        if init is not None:  # recorded in the ledger with the run's first events
-            strategy.emit("init_data", **init.to_dict())
-        return strategy
-
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
-        from llm_evo.evaluation.workers import WorkerOptions, WorkerSet
-
         started = time.perf_counter()
         strategy = self._strategy()  # fails fast (e.g. an LLM preflight) before Ray starts
-        # Reads the models once (or the run's cache); a config it cannot serve fails here.
-        self.kinship = KinshipSearch.start(self.config, self.genome, self.storage, self.root,
-                                           self.echo)
         run_id, start_gen, resumed = self._open_run(strategy)
         self.run_id = run_id
         tracker = self._tracker()
-        workers = WorkerSet(self._worker_spec(), WorkerOptions(
-            ray_address=self.options.ray_address,
-            num_workers=self.options.num_workers,
-            num_gpus=self.options.num_gpus,
-            strategy=self.options.scheduling,
-            echo=self.echo,
-        ))
-        status = "failed"
-        try:
-            workers.start()
-            self._describe_workers(workers)
+        with running_workers(self._worker_spec(), self.options, record_status=self._ended,
+                             echo=self.echo, describe=self._describe_workers,
+                             scheduling=self.options.scheduling,
+                             after=lambda how: _guarded(tracker, "finish",
+                                                        self._best_config_path(), how)
+                             ) as workers:
             tracker = _guarded(tracker, "start")
             if self.config.search.evaluate_parents:
                 self._evaluate_parents(workers)
@@ -176,16 +132,9 @@ class Controller:
                         self.echo(f"--timeout {timeout:g}s reached: stopping after "
                                   f"generation {gen + 1}")
                     break
-            status = "finished"
-        except (KeyboardInterrupt, WorkersLostError):  # resumable: what finished is recorded
-            status = "interrupted"
-            raise
-        finally:
-            self.storage.set_status(run_id, status)
-            workers.shutdown()
-            _guarded(tracker, "finish", self._best_config_path(), status)
         final_path = self._final_merge() if self.options.save_final_model else None
         cands = self.storage.candidates(run_id, kind="candidate")
+        summaries = {h.name: h.summary(cands) for h in self.hooks}
         return RunSummary(
             run_id=run_id,
             best=self.storage.best(run_id),
@@ -196,8 +145,8 @@ class Controller:
             best_config_path=self._best_config_path(),
             final_model_path=final_path,
             resumed=resumed,
-            kinship=self.kinship.summary(cands) if self.kinship else None,
-            status=status,
+            kinship=summaries.get("kinship"),
+            status=self.status,
             llm_usage=llm_usage(self.storage, run_id) if strategy.name == "llm" else None,
         )
 
@@ -209,22 +158,15 @@ class Controller:
         never repeated: the strategy is restored from its newest checkpoint, and the
         generation loop reuses every recorded slot.
         """
-        latest = self.storage.latest_run()
-        want = self.config.config_hash()
-        if latest is not None and not self.options.force_new_run:
-            diff = (resume_diff(latest["config_json"], self.config)
-                    if latest["config_hash"] != want else [])
-            if diff:
-                raise ConfigError(
-                    f"{self.root} holds run {latest['id']} of a different config "
-                    f"({format_diff(diff)}); "
-                    "pass --force-new-run to start a new run there"
-                )
-            return self._resume(latest["id"], strategy)
-        if self.options.resume:
-            raise ConfigError(f"{self.root}: no run to resume")
-        run_id = self.storage.create_run(
-            self.config.canonical_json(), want, self.config.search.seed, library_versions())
+        def create() -> int:
+            return self.storage.create_run(self.config.canonical_json(),
+                                           self.config.config_hash(), self.config.search.seed,
+                                           library_versions())
+
+        run_id, resumed = open_or_resume(self.storage, self.config, run_policy(self.options),
+                                         self.root, create)
+        if resumed is not None:
+            return self._resume(run_id, strategy)
         self.storage.add_events(run_id, strategy.drain_events())
         return run_id, 0, False
 
@@ -254,12 +196,14 @@ class Controller:
         return make_tracker(self.config, self.storage, self.run_id, self.genome,
                             overrides=self.options.wandb_overrides)
 
-    def _describe_workers(self, workers) -> None:
-        infos = workers.worker_info
-        devices = sorted({i["device"] for i in infos})
+    def _ended(self, status: str) -> None:
+        self.status = status
+        self.storage.set_status(self.run_id, status)
+
+    def _describe_workers(self, infos: list[dict]) -> str:
+        """The workers' dtype is the merges' (the parents are scored through it too)."""
         self.merge_dtype = infos[0]["dtype"] if infos else "float32"
-        self.echo(f"workers: {len(infos)} on {', '.join(devices)} "
-                  f"(dtype {self.merge_dtype}); genes: {self.genome.n_genes}")
+        return f" (dtype {self.merge_dtype}); genes: {self.genome.n_genes}"
 
     def _evaluate_parents(self, workers) -> None:
         models = list(self.genome.models)
@@ -283,8 +227,9 @@ class Controller:
 
     def _generation(self, gen: int, strategy: Strategy, workers) -> None:
         genotypes = [np.asarray(g, dtype=np.float64) for g in strategy.ask()]
-        kinship = (self.kinship.assess(self.run_id, gen, genotypes, strategy)
-                   if self.kinship else [None] * len(genotypes))
+        # per hook, one value per candidate (e.g. its kinship) for the hook's on_result
+        values = [hook.before_generation(self.run_id, gen, genotypes, strategy)
+                  or [None] * len(genotypes) for hook in self.hooks]
         self.storage.add_events(self.run_id, strategy.drain_events())
         self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict(), phase="asked")
         scores: list[float | None] = [None] * len(genotypes)
@@ -313,8 +258,8 @@ class Controller:
 
         def on_result(res: JobResult) -> None:
             rec = _record(res, None, genotypes[res.idx], configs.get(res.idx))
-            if self.kinship:  # raw_score = task score, score = what the strategy is told
-                rec = self.kinship.record(rec, kinship[res.idx])
+            for hook, per_candidate in zip(self.hooks, values, strict=True):
+                rec = hook.on_result(rec, per_candidate[res.idx])  # e.g. a kinship penalty
             self.storage.record(self.run_id, rec)
             if res.status == "ok":
                 scores[res.idx] = rec.score
@@ -324,8 +269,8 @@ class Controller:
         workers.run(jobs, on_result)
         progress.close()
         strategy.tell(genotypes, scores)
-        if self.kinship:
-            self.kinship.after_generation(self.run_id, gen, strategy)
+        for hook in self.hooks:
+            hook.after_generation(self.run_id, gen, strategy)
         self.storage.add_events(self.run_id, strategy.drain_events())
         self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict())
 
