@@ -45,7 +45,7 @@ class WorkerSpec:
     # Where input tensors are kept for in-memory merges: "auto" = on the GPU while memory
     # allows, else CPU; "cpu" = always on the CPU.
     input_cache: str = "auto"
-    # Input models rewritten to local copies (original -> resharded), set by the pool.
+    # Input models rewritten to local copies (original -> resharded), set by the worker set.
     model_map: tuple[tuple[str, str], ...] = ()
     reshard_dir: str | None = None
     input_models: tuple[str, ...] = ()

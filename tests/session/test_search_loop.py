@@ -13,7 +13,7 @@ from llm_evo.resolve import build_genome
 from llm_evo.session.options import RunOptions
 from llm_evo.session.search_loop import SearchLoop
 from llm_evo.storage import RunStorage
-from llm_evo.strategies import register_strategy
+from llm_evo.strategies import STRATEGIES
 from llm_evo.strategies.base import Strategy
 from tests.e2e_helpers import write_config
 
@@ -42,7 +42,11 @@ class ScriptedStrategy(Strategy):
         self.generation = state["generation"]
 
 
-register_strategy("scripted", f"{__name__}:ScriptedStrategy")
+@pytest.fixture(autouse=True)
+def scripted_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registered for these tests only: registered at import, it would join the strategy
+    contract suite, which is parametrised over the registry when pytest collects it."""
+    monkeypatch.setitem(STRATEGIES, "scripted", f"{__name__}:ScriptedStrategy")
 
 
 @pytest.fixture(scope="module")
