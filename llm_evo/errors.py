@@ -28,3 +28,10 @@ class WorkersLostError(LlmEvoError):
     """
 
     exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """An exception's first line, at most `limit` characters (its type when it has no text):
+    what a one-line error or a recorded failure quotes of a library's long message."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__

@@ -22,7 +22,7 @@ import yaml
 
 from llm_evo.config import METHODS_NEEDING_BASE, GenomeConfig
 from llm_evo.errors import InvalidGenotypeError
-from llm_evo.model_ref import parse_model_ref, resolve_local
+from llm_evo.model_ref import local_path, parse_model_ref, resolve_local
 
 METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "linear": ("weight",),
@@ -373,11 +373,5 @@ def resolve_path(reference: str, config_dir: Path | None) -> str:
             return resolve_local(reference, roots)
         except ValueError:
             pass  # not a model reference: a plain path
-    for root in roots:
-        if root is None:
-            continue
-        candidate = (root / reference).expanduser()
-        if candidate.exists():
-            return str(candidate.resolve())
-    return reference
+    return local_path(reference, roots)
 

@@ -107,21 +107,24 @@ def canonical_model_ref(value: Any) -> str:
     return str(parse_model_ref(value))
 
 
+def local_path(path: str, roots: list[Path | None]) -> str:
+    """`path` made absolute under the first of `roots` where it exists; a hub id or a
+    missing path stays as it is."""
+    for root in roots:
+        if root is None:
+            continue
+        candidate = (root / path).expanduser()
+        if candidate.exists():
+            return str(candidate.resolve())
+    return path
+
+
 def resolve_local(reference: str, roots: list[Path | None]) -> str:
     """The reference with its local paths (model and adapter) made absolute, each looked up
     under `roots` in order; hub ids and missing paths stay as they are."""
     ref = parse_model_ref(reference)
-
-    def local(path: str) -> str:
-        for root in roots:
-            if root is None:
-                continue
-            candidate = (root / path).expanduser()
-            if candidate.exists():
-                return str(candidate.resolve())
-        return path
-
-    return str(ref.with_paths(local(ref.path), local(ref.lora) if ref.lora else None))
+    lora = local_path(ref.lora, roots) if ref.lora else None
+    return str(ref.with_paths(local_path(ref.path, roots), lora))
 
 
 def parent_job_source(reference: str, dtype: str = "float32") -> dict[str, Any]:

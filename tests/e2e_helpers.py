@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import yaml
@@ -40,3 +41,19 @@ def write_config(tmp_path: Path, tiny_family: dict, *, method: str = "task_arith
     path = tmp_path / "config.yml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def candidate_rows(storage: Path, columns: str) -> dict[tuple[int, int], tuple]:
+    """`columns` of every candidate in a run's ledger, by (generation, idx), read with plain
+    sqlite3 while the run may still be writing; {} before the ledger or its table exists."""
+    if not (storage / "llm_evo.sqlite").is_file():
+        return {}
+    db = sqlite3.connect(storage / "llm_evo.sqlite")
+    try:
+        got = db.execute(f"SELECT generation, idx, {columns} FROM candidates "
+                         "WHERE kind='candidate'").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        db.close()
+    return {(g, i): tuple(rest) for g, i, *rest in got}

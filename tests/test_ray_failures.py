@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.helpers import BIN, cli
-from tests.e2e_helpers import write_config
+from tests.e2e_helpers import candidate_rows, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,17 +23,7 @@ GENERATIONS, POPULATION = 2, 4
 
 
 def _rows(storage: Path) -> dict[tuple[int, int], tuple]:
-    if not (storage / "llm_evo.sqlite").is_file():
-        return {}
-    db = sqlite3.connect(storage / "llm_evo.sqlite")
-    try:
-        got = db.execute("SELECT generation, idx, status, error, created FROM candidates "
-                         "WHERE kind='candidate'").fetchall()
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        db.close()
-    return {(g, i): (status, error, created) for g, i, status, error, created in got}
+    return candidate_rows(storage, "status, error, created")
 
 
 def _run_status(storage: Path) -> str:

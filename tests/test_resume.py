@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.helpers import BIN, cli
-from tests.e2e_helpers import write_config
+from tests.e2e_helpers import candidate_rows, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +25,7 @@ DRIVER_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
 
 
 def rows(storage: Path) -> dict[tuple[int, int], tuple]:
-    if not (storage / "llm_evo.sqlite").is_file():
-        return {}
-    db = sqlite3.connect(storage / "llm_evo.sqlite")
-    try:
-        got = db.execute("SELECT generation, idx, genotype_json, score, status, created "
-                         "FROM candidates WHERE kind='candidate'").fetchall()
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        db.close()
-    return {(g, i): (geno, score, status, created) for g, i, geno, score, status, created in got}
+    return candidate_rows(storage, "genotype_json, score, status, created")
 
 
 def checkpoint(storage: Path) -> tuple[int, str] | None:

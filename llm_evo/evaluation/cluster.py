@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from llm_evo.errors import ConfigError
+from llm_evo.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,11 @@ def connect(choice: ClusterChoice, num_cpus: int, init_kwargs: dict[str, Any]) -
         if choice.address is None:  # the recorded head answered the probe, then refused
             fallback = ClusterChoice(
                 join=False, note=f"Ray: cannot join the head recorded in {address_file()} "
-                                 f"({_first_line(exc)}); starting a private local cluster")
+                                 f"({first_line(exc, 300)}); starting a private local cluster")
             ray.init(address="local", num_cpus=num_cpus, **init_kwargs)
             return fallback
         raise ConfigError(
-            f"{_named(choice)}: cannot join the Ray cluster at {address}: {_first_line(exc)} "
+            f"{_named(choice)}: cannot join the Ray cluster at {address}: {first_line(exc, 300)} "
             "(if it uses token authentication, as `ray start` heads do once a token exists, "
             "set RAY_AUTH_MODE=token, with its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
         ) from None
@@ -152,10 +152,6 @@ def _disconnect(ray: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - nothing was connected
         log.debug("ray.shutdown after a failed ray.init: %s", exc)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 # ---- what the nodes can hold ---------------------------------------------------------------

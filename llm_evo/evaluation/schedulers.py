@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_evo.errors import WorkersLostError
+from llm_evo.errors import WorkersLostError, first_line
 from llm_evo.evaluation.jobs import Job, JobResult
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,6 @@ def _failed(job: Job, error: str) -> JobResult:
     return JobResult(job.generation, job.idx, "failed", error=error)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:500] if text else type(exc).__name__
-
 
 def _collect(ref: Any, job: Job) -> tuple[JobResult, bool]:
     """The job's result, and whether the actor that ran it died."""
@@ -53,9 +49,9 @@ def _collect(ref: Any, job: Job) -> tuple[JobResult, bool]:
     try:
         return ray.get(ref), False
     except ray.exceptions.RayActorError as exc:
-        return _failed(job, f"worker died: {_first_line(exc)}"), True
+        return _failed(job, f"worker died: {first_line(exc)}"), True
     except Exception as exc:  # noqa: BLE001 - e.g. a task-level system error
-        return _failed(job, f"{type(exc).__name__}: {_first_line(exc)}"), False
+        return _failed(job, f"{type(exc).__name__}: {first_line(exc)}"), False
 
 
 @dataclass

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from llm_evo.errors import ConfigError, WorkersLostError
+from llm_evo.errors import ConfigError, WorkersLostError, first_line
 from llm_evo.evaluation import cluster
 from llm_evo.evaluation.jobs import Job, JobResult, WorkerSpec
 
@@ -160,7 +160,7 @@ class WorkerSet:
             except Exception as exc:  # noqa: BLE001 - e.g. GetTimeoutError
                 raise ConfigError(
                     f"--strategy serial: cannot place worker {i} (needs {eval_bundle} plus "
-                    f"1 CPU for its merger on one node): {_first_line(exc)}") from None
+                    f"1 CPU for its merger on one node): {first_line(exc)}") from None
 
             def on(bundle: int, pg=pg) -> PlacementGroupSchedulingStrategy:
                 return PlacementGroupSchedulingStrategy(
@@ -256,7 +256,3 @@ def _with_threads(spec: WorkerSpec, threads: int) -> WorkerSpec:
 
     return spec if spec.torch_threads else replace(spec, torch_threads=threads)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:500] if text else type(exc).__name__

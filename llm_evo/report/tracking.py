@@ -42,19 +42,32 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
+def _metric_stats(ok: list[CandidateRecord]) -> dict[str, tuple[float, float, float]]:
+    """(mean, min, max) of each numeric per-task metric (`task/metric` keys) over `ok`."""
+    out = {}
+    for key in sorted({k for c in ok for k in (c.results or {})}):
+        values = [float(c.results[key]) for c in ok
+                  if isinstance((c.results or {}).get(key), (int, float))]
+        if values:
+            out[key] = (sum(values) / len(values), min(values), max(values))
+    return out
+
+
 def generation_metrics(storage: RunStorage, run_id: int, generation: int) -> dict[str, Any]:
     """Everything `log_generation` logs as scalars for one generation (pure storage reads).
 
     Keys: score/best_so_far (raw task score, as `best_config.yaml` is chosen),
     score/generation_best, score/mean, score/std (the fitness the strategy was told, i.e.
     after any kinship penalty), metrics/<task>/<metric>/{mean,min,max}, candidates/evaluated,
-    candidates/failed, kinship/{mean,min} when a `kinship_diversity` event exists, and
-    strategy/sigma when a `sigma` event exists.
+    candidates/failed, kinship/{mean,min} when a `kinship_diversity` event exists,
+    strategy/sigma when a `sigma` event exists, and mergekit-evolve's own keys
+    (`mergekit_evolve_metrics`).
     """
     cands = storage.candidates(run_id, kind="candidate")
     upto = _ok([c for c in cands if c.generation <= generation])
     gen = [c for c in cands if c.generation == generation]
     ok = _ok(gen)
+    stats = _metric_stats(ok)
     out: dict[str, Any] = {
         "candidates/evaluated": len(gen),
         "candidates/failed": len(gen) - len(ok),
@@ -65,15 +78,9 @@ def generation_metrics(storage: RunStorage, run_id: int, generation: int) -> dic
         out["score/generation_best"] = max(c.raw_score for c in ok)
         fitness = [c.score if c.score is not None else c.raw_score for c in ok]
         out["score/mean"], out["score/std"] = _stats(fitness)
-        keys = sorted({k for c in ok for k in (c.results or {})})
-        for key in keys:
-            values = [float(c.results[key]) for c in ok if isinstance(
-                (c.results or {}).get(key), (int, float))]
-            if not values:
-                continue
-            out[f"metrics/{key}/mean"] = sum(values) / len(values)
-            out[f"metrics/{key}/min"] = min(values)
-            out[f"metrics/{key}/max"] = max(values)
+        for key, (mean, low, high) in stats.items():
+            out.update({f"metrics/{key}/mean": mean, f"metrics/{key}/min": low,
+                        f"metrics/{key}/max": high})
     for event in storage.events(run_id, kind="kinship_diversity"):
         if event.get("generation") == generation:
             for stat in ("mean", "min"):
@@ -82,35 +89,31 @@ def generation_metrics(storage: RunStorage, run_id: int, generation: int) -> dic
     for event in storage.events(run_id, kind="sigma"):
         if event.get("generation") == generation and isinstance(event.get("sigma"), (int, float)):
             out["strategy/sigma"] = float(event["sigma"])
+    evaluated = sum(c.generation <= generation for c in cands)
+    out.update(mergekit_evolve_metrics(evaluated, upto, ok, stats))
     return out
 
 
-def mergekit_evolve_metrics(storage: RunStorage, run_id: int,
-                            generation: int) -> dict[str, Any]:
+def mergekit_evolve_metrics(evaluated: int, ok_upto: list[CandidateRecord],
+                            ok: list[CandidateRecord],
+                            stats: dict[str, tuple[float, float, float]]) -> dict[str, Any]:
     """The keys mergekit-evolve logs, so a dashboard built for it shows our runs too.
 
-    best_score, evaluations (candidates so far), population/score_mean and _std, and
-    population/<task>_<metric>_{mean,max,min} (",none" dropped from the metric, as there).
-    mergekit-evolve logs them at step = evaluations; we log at step = generation, with
-    `evaluations` a metric a chart can use as its x-axis.
+    best_score, evaluations (candidates so far), population/score_mean and _std (raw
+    scores), and population/<task>_<metric>_{mean,max,min} (",none" dropped from the
+    metric, as there). mergekit-evolve logs them at step = evaluations; we log at step =
+    generation, with `evaluations` a metric a chart can use as its x-axis.
     """
-    cands = storage.candidates(run_id, kind="candidate")
-    upto = [c for c in cands if c.generation <= generation]
-    ok = _ok([c for c in cands if c.generation == generation])
-    out: dict[str, Any] = {"evaluations": len(upto)}
-    if _ok(upto):
-        out["best_score"] = max(c.raw_score for c in _ok(upto))
+    out: dict[str, Any] = {"evaluations": evaluated}
+    if ok_upto:
+        out["best_score"] = max(c.raw_score for c in ok_upto)
     if ok:
         out["population/score_mean"], out["population/score_std"] = _stats(
             [c.raw_score for c in ok])
-        for key in sorted({k for c in ok for k in (c.results or {})}):
-            values = [float(c.results[key]) for c in ok
-                      if isinstance((c.results or {}).get(key), (int, float))]
-            task, _, metric = key.partition("/")
-            name = f"population/{task}_{metric.replace(',none', '')}"
-            if values:
-                out.update({f"{name}_mean": sum(values) / len(values), f"{name}_max": max(values),
-                            f"{name}_min": min(values)})
+    for key, (mean, low, high) in stats.items():
+        task, _, metric = key.partition("/")
+        name = f"population/{task}_{metric.replace(',none', '')}"
+        out.update({f"{name}_mean": mean, f"{name}_max": high, f"{name}_min": low})
     return out
 
 
@@ -225,7 +228,6 @@ class WandbTracker:
         self._require_run()
         self._log_parents()  # parents may finish after start() on a pipelined scheduler
         data: dict[str, Any] = generation_metrics(self.storage, self.run_id, generation)
-        data.update(mergekit_evolve_metrics(self.storage, self.run_id, generation))
         rows = thought_rows(self.storage, self.run_id, generation)
         if len(rows) != self._n_thoughts:
             # Cumulative, so the newest table version holds the whole conversation.
