@@ -1,6 +1,7 @@
 # Two entry points, both working on a fresh machine:
 #   make demo   venv + install, tiny models, a short search; prints the best merge
 #   make test   venv + install, lint, the whole test suite
+#   make smol   the real SmolLM2-135M family (cached in ~/.cache/llm-evo), then a search on it
 # STRATEGY=cma|random|llm picks the demo's search strategy.
 
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 STRATEGY ?= llm
 STORAGE ?= runs/demo
 
-.PHONY: install demo test lint models clean
+.PHONY: install demo test lint models smol-family smol clean
 
 # setup.py builds the kinship pass's optional C kernel: editing it reinstalls.
 $(VENV)/.installed: pyproject.toml setup.py llm_evo/kinship/_gram.c llm_evo/kinship/_gram_small.h \
@@ -30,6 +31,12 @@ models: install
 
 demo: models
 	$(PY) scripts/demo.py --strategy $(STRATEGY) --storage-path $(STORAGE)
+
+smol-family: install
+	$(PY) scripts/make_smol_family.py --out models/smol
+
+smol: smol-family
+	$(VENV)/bin/llm-evo run configs/smol.yml --storage-path runs/smol --in-memory
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -62,3 +62,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smol_family() -> dict:
+    """SmolLM2-135M and its fine-tunes on real MMLU skills, built once into the cache
+    outside the clone (~/.cache/llm-evo/smol/<fingerprint>) and linked at models/smol."""
+    builder = _load_script("make_smol_family")
+    return builder.build_family(REPO / "models" / "smol")

@@ -100,7 +100,7 @@ def test_mergekit_evolve_example_config_validates_unchanged(repo_root, tiny_fami
     assert "genes: 2 x 2 x 3 x 2 = 24" in proc.stdout
 
 
-def test_every_shipped_config_validates(repo_root, tiny_family):
+def test_every_shipped_config_validates(repo_root, tiny_family, smol_family):
     configs = sorted((repo_root / "configs").glob("*.yml"))
     assert len(configs) >= 2
     for path in configs:

@@ -1,0 +1,103 @@
+"""The SmolLM2 family is the real model, its fine-tunes learned their skills, and lm-eval's
+CLI scores the generated tasks as the builder did."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from tests.cli.helpers import BIN, cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_base_is_the_dequantised_smollm2(smol):
+    config = json.loads((smol["base"] / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (
+        30, 576, 49152)
+    assert config["tie_word_embeddings"] is True
+    assert "quantization_config" not in config  # loaders must not look for the GGUF
+    with safe_open(str(smol["base"] / "model.safetensors"), framework="pt") as fh:
+        names = set(fh.keys())
+        assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+        n_params = sum(fh.get_slice(n).get_shape()[0] * (
+            fh.get_slice(n).get_shape()[1] if len(fh.get_slice(n).get_shape()) > 1 else 1)
+            for n in names)
+    assert 134_000_000 < n_params < 135_000_000
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol["base"])
+    assert (tok.bos_token, tok.eos_token) == ("<|im_start|>", "<|im_end|>")
+    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert chat.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_each_finetune_beats_the_base_by_ten_points_on_unseen_items(smol):
+    family = smol["family"]
+    scores = family["scores"]
+    for name in smol["models"]:
+        skill = family["models"][name]["skill"]
+        assert scores[name][skill] >= scores["base"][skill] + 0.10, (name, scores)
+    for skill, task in family["tasks"].items():
+        evaluation = {json.loads(line)["text"] for line in Path(task["data"]).open()}
+        train_file = Path(family["train_dir"]) / f"{task['name']}.jsonl"
+        train = {json.loads(line)["text"] for line in train_file.open()}
+        assert len(evaluation) == task["n"] == 200 and len(train) == task["n_train"] > 500
+        assert not evaluation & train, skill
+
+
+def test_a_second_build_is_instant_and_the_link_is_stable(smol, repo_root, tmp_path):
+    out = tmp_path / "link"
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "make_smol_family.py"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seconds = float(re.search(r"\(([\d.]+) s; built", proc.stdout).group(1))
+    assert seconds < 5 and out.resolve() == smol["root"].resolve()
+    assert "| ft_science |" in proc.stdout
+
+
+def test_lm_eval_cli_scores_a_task_as_the_builder_did(smol, tmp_path):
+    """lm_eval's own CLI on a fine-tune: the generated YAML loads offline, and its accuracy
+    on the first 40 items equals the builder's next-token accuracy on them."""
+    name, task = "ft_science", smol["family"]["tasks"]["science"]["name"]
+    proc = subprocess.run(
+        [str(BIN / "lm_eval"), "run", "--model", "hf", "--model_args",
+         f"pretrained={smol['models'][name]},dtype=float32", "--tasks", task,
+         "--include_path", str(smol["tasks_dir"]), "--limit", "40", "--batch_size", "16",
+         "--output_path", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    acc = results["results"][task]["acc,none"]
+
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tests.conftest import _load_script
+
+    builder = _load_script("make_smol_family")
+    skills = _load_script("smol_skills")
+    items = [skills.Item(r["text"], tuple(r["choices"]), r["gold"]) for r in (
+        json.loads(line) for line in Path(smol["family"]["tasks"]["science"]["data"]).open())]
+    model = LlamaForCausalLM.from_pretrained(smol["models"][name], dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(smol["models"][name])
+    assert acc == pytest.approx(builder.accuracy(model, tokenizer, items[:40]), abs=1 / 40)
+
+
+def test_shipped_smol_config_validates(smol, repo_root):
+    proc = cli("llm-evo", "validate", "configs/smol.yml", cwd=repo_root)
+    assert proc.returncode == 0, proc.stderr
+    assert "layers: 30 in 3 group(s) of 10" in proc.stdout, proc.stdout
+    assert "genes: 3 x 3 x 1 x 1 = 9" in proc.stdout, proc.stdout
