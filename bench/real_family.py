@@ -59,7 +59,8 @@ class RssSampler:
     def __init__(self, pid: int) -> None:
         import psutil
 
-        self.root, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self.root, self._stop = psutil.Process(pid), threading.Event()
+        self.peak = self.peak_anon = 0  # all resident pages; without file-backed ones
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
@@ -74,20 +75,23 @@ class RssSampler:
             for proc in procs:
                 try:
                     if "EvalWorker" in " ".join(proc.cmdline()):
-                        self.peak = max(self.peak, proc.memory_info().rss)
+                        mem = proc.memory_info()
+                        self.peak = max(self.peak, mem.rss)
+                        self.peak_anon = max(self.peak_anon, mem.rss - mem.shared)
                 except psutil.Error:
                     continue
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._stop.set()
         self._thread.join()
-        return self.peak
+        return self.peak, self.peak_anon
 
 
 def run_search(name: str, storage: Path, strategy: str, evals: int, extra: list[str],
-               limit: int) -> dict:
+               limit: int, batch_size: int) -> dict:
     cfg = yaml.safe_load((REPO / "configs/smol.yml").read_text())
     cfg["limit"] = limit
+    cfg["evaluation"]["batch_size"] = batch_size
     config = storage.parent / f"{name}.yml"
     config.write_text(yaml.safe_dump(cfg))
     shutil.rmtree(storage, ignore_errors=True)
@@ -107,11 +111,12 @@ def run_search(name: str, storage: Path, strategy: str, evals: int, extra: list[
                                 text=True)
         sampler = RssSampler(proc.pid)
         out, err = proc.communicate()
-        peak = sampler.stop()
+        peak, peak_anon = sampler.stop()
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"{name}: llm-evo run exited {proc.returncode}: {err[-2000:]}")
-    return {"name": name, "wall": wall, "peak_rss": peak, "stdout": out, "stderr": err,
+    return {"name": name, "wall": wall, "peak_rss": peak, "peak_anon": peak_anon,
+            "stdout": out, "stderr": err,
             **read_ledger(storage)}
 
 
@@ -169,12 +174,49 @@ def hand_loop(search: dict, storage: Path, tasks: list[str], tasks_dir: str, n: 
             "total": mean(m + e for m, e in zip(merge_t, eval_t, strict=True))}
 
 
+def holdout(family: dict, storage: Path, tasks: list[str], limit: int, fmt) -> None:
+    """The best merge and the parents on the held-out items the search never scored (those
+    after the first `limit`): the search picked its best on the first ones, so this is the
+    check free of selection bias. Scored with the builder's next-token accuracy, which
+    equals lm-eval's (tests/smol/test_family.py)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    builder = sys.modules["_smol"]
+    skills = builder._skills_module()
+    items = {t["name"]: [skills.Item(r["text"], tuple(r["choices"]), r["gold"]) for r in (
+        json.loads(line) for line in Path(t["data"]).open())][limit:]
+        for t in family["tasks"].values()}
+    work = Path(tempfile.mkdtemp(prefix="smol_holdout_"))
+    try:
+        subprocess.run([str(BIN / "mergekit-yaml"), str(storage / "best_config.yaml"),
+                        str(work / "best"), "--copy-tokenizer", "--quiet"], check=True,
+                       cwd=REPO, capture_output=True)
+        paths = {"best merge": work / "best",
+                 **{m: Path(family["root"]) / m for m in family["models"]}}
+        rows = []
+        for name, path in paths.items():
+            model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            tok = AutoTokenizer.from_pretrained(path)
+            accs = [builder.accuracy(model, tok, items[t]) for t in tasks]
+            n = len(items[tasks[0]])
+            se = math.sqrt(sum(a * (1 - a) / n for a in accs)) / len(accs)
+            rows.append([name, *(f"{a:.3f}" for a in accs), f"{sum(accs) / len(accs):.3f}",
+                         f"{se:.3f}"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nheld out from the search ({len(items[tasks[0]])} items per task after the "
+          f"first {limit}):")
+    print(fmt(["model", *tasks, "mean", "SE"], rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--evals", type=int, default=60, help="budget of the cma search")
     ap.add_argument("--other-evals", type=int, default=16, help="budget of random and llm")
     ap.add_argument("--strategies", default="cma,random,llm")
     ap.add_argument("--limit", type=int, default=100, help="items per task")
+    ap.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")
     ap.add_argument("--disk", type=int, default=6, help="candidates of the on-disk run")
     ap.add_argument("--hand", type=int, default=2, help="candidates of the hand loop")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_smol")
@@ -190,7 +232,7 @@ def main() -> None:
     for strategy in args.strategies.split(","):
         evals = args.evals if strategy == "cma" else args.other_evals
         searches[strategy] = run_search(strategy, args.out / strategy, strategy, evals,
-                                        ["--in-memory"], args.limit)
+                                        ["--in-memory"], args.limit, args.batch_size)
         print(f"{strategy}: {searches[strategy]['n_evals']} evaluations in "
               f"{searches[strategy]['wall']:.0f} s", file=sys.stderr, flush=True)
 
@@ -212,24 +254,25 @@ def main() -> None:
                "margin/SE", "wall s"], rows))
 
     disk = run_search("disk", args.out / "disk", "random", args.disk, ["--no-in-memory"],
-                      args.limit)
+                      args.limit, args.batch_size)
     mem = searches.get("cma") or first
     hand = hand_loop(mem, args.out / mem["name"], tasks, str(Path(family["tasks_dir"])),
                      args.hand, args.limit)
     fp32 = sum(f.stat().st_size for f in (Path(family["root"]) / "base").glob("*.safetensors"))
     bound = (len(family["finetunes"]) + 1 + 1) * fp32 + 2**30
     cost = []
-    for label, c, rss in (("in memory", mem, mem["peak_rss"]), ("on disk", disk,
-                                                                disk["peak_rss"]),
-                          ("by hand", hand, None)):
+    for label, c in (("in memory", mem), ("on disk", disk), ("by hand", hand)):
         other = c["total"] - c["merge"] - c["evaluate"]
         cost.append([label, f"{c['total']:.2f}", f"{c['merge']:.2f}", f"{c['evaluate']:.2f}",
                      f"{other:.2f}", f"{100 * (1 - c['evaluate'] / c['total']):.0f}%",
-                     "-" if rss is None else f"{rss / 2**30:.2f}"])
-    print(f"\nper-candidate cost ({len(tasks)} tasks x {args.limit} items; RSS bound "
+                     *(f"{c[k] / 2**30:.2f}" if k in c else "-"
+                       for k in ("peak_rss", "peak_anon"))])
+    print(f"\nper-candidate cost ({len(tasks)} tasks x {args.limit} items, batch "
+          f"{args.batch_size}; RSS bound "
           f"(inputs + 1) x fp32 + 1 GB = {bound / 2**30:.2f} GiB):")
     print(fmt(["path", "s/cand", "merge", "evaluate", "other", "non-eval share",
-               "peak worker RSS GiB"], cost))
+               "peak worker RSS GiB", "of it anonymous GiB"], cost))
+    holdout(family, args.out / mem["name"], tasks, args.limit, fmt)
 
     models = [str(Path(family["root"]) / m) for m in family["finetunes"]]
     kin = subprocess.run([str(BIN / "llm-evo"), "kinship-matrix", *models, "--base",
