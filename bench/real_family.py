@@ -147,7 +147,7 @@ def skill_mean(results: dict, tasks: list[str], limit: int) -> tuple[float, floa
     return sum(accs) / len(accs), math.sqrt(var)
 
 
-def hand_loop(search: dict, storage: Path, tasks: list[str], tasks_dir: str, n: int,
+def hand_loop(storage: Path, tasks: list[str], tasks_dir: str, n: int,
               limit: int) -> dict:
     """mergekit-yaml then lm_eval per candidate, on the search's best config, n times."""
     work = Path(tempfile.mkdtemp(prefix="smol_hand_"))
@@ -256,7 +256,7 @@ def main() -> None:
     disk = run_search("disk", args.out / "disk", "random", args.disk, ["--no-in-memory"],
                       args.limit, args.batch_size)
     mem = searches.get("cma") or first
-    hand = hand_loop(mem, args.out / mem["name"], tasks, str(Path(family["tasks_dir"])),
+    hand = hand_loop(args.out / mem["name"], tasks, str(Path(family["tasks_dir"])),
                      args.hand, args.limit)
     fp32 = sum(f.stat().st_size for f in (Path(family["root"]) / "base").glob("*.safetensors"))
     bound = (len(family["finetunes"]) + 1 + 1) * fp32 + 2**30
