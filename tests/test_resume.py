@@ -128,13 +128,21 @@ def config(tmp_path, tiny_family):
                         limit=20, extra={"search": {"evaluate_parents": False}})
 
 
-@pytest.fixture()
-def kill_config(tmp_path, tiny_family):
+# Every strategy that resumes from its own state (the llm one's proposals come from a server:
+# its resume is tested in tests/llm). nsga2 runs as a Pareto search, as users run it.
+KILL_STRATEGIES = ["cma", "random", "tpe", "gp", "nsga2"]
+
+
+@pytest.fixture(params=KILL_STRATEGIES)
+def kill_config(request, tmp_path, tiny_family):
     """Seed 42: a sample of generation 1 lies beyond pycma's Mahalanobis radius, which a
     `tell` in a resumed process used to "repair" and the uninterrupted run's did not: the
     drift this test caught before strategies/cma_es.py told with check_points=False."""
+    search = {"evaluate_parents": False, "seed": 42, "strategy": request.param}
+    if request.param == "nsga2":
+        search["objective"] = "pareto"
     return write_config(tmp_path, tiny_family, population=POPULATION, generations=GENERATIONS,
-                        limit=20, extra={"search": {"evaluate_parents": False, "seed": 42}})
+                        limit=20, extra={"search": search})
 
 
 def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_config):
@@ -176,6 +184,9 @@ def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_conf
     assert db.execute("SELECT COUNT(*), MAX(status) FROM runs").fetchone() == (1, "finished")
     assert (storage / "best_config.yaml").read_text() == (
         reference / "best_config.yaml").read_text()
+    if (reference / "pareto").is_dir():  # a Pareto run: the same front, the same files
+        assert (storage / "pareto/front.json").read_text() == (
+            reference / "pareto/front.json").read_text()
 
 
 def test_changed_config_is_refused_with_a_diff(tmp_path, config):

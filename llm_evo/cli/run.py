@@ -18,8 +18,11 @@ import click
 @click.argument("config_path", metavar="CONFIG")
 @click.option("--storage-path", required=True, help="Folder for the run ledger, merges, results.")
 @click.option("--search", "search_strategy", default=None,
-              help="Search strategy: cma, random or llm (config: search.strategy; an LLM "
-                   "flag such as --llm-model implies llm).")
+              help="Search strategy: cma, random, llm, tpe, gp or nsga2 (config: "
+                   "search.strategy; an LLM flag such as --llm-model implies llm).")
+@click.option("--objective", "search_objective", type=click.Choice(["weighted", "pareto"]),
+              default=None, help="weighted: one weighted task score; pareto: every task an "
+                                 "objective (config: search.objective).")
 @click.option("--strategy", "-s", "scheduling",
               type=click.Choice(["pool", "buffered", "serial"]), default="pool",
               show_default=True, help="How evaluations are scheduled on Ray.")
@@ -111,6 +114,7 @@ def run(config_path: str, **flags: Any) -> None:
     from llm_evo.resolve import build_genome, check_benchmarks, task_search_paths
     from llm_evo.session.options import RunOptions
     from llm_evo.session.search_loop import SearchLoop
+    from llm_evo.strategies import check_strategy
 
     config, config_dir, notes = load_run_config(config_path, flags)
     storage_path = flags["storage_path"]
@@ -118,6 +122,7 @@ def run(config_path: str, **flags: Any) -> None:
     for note in notes:
         click.echo(note, err=True)
     check_quantization(config)  # one line and exit 2 before anything slow
+    check_strategy(config)  # an unknown strategy, or pareto asked of one that cannot
     for warning in check_benchmarks(config, flags["allow_benchmarks"]):
         click.echo(f"warning: {warning}", err=True)
     genome = build_genome(config, config_dir, flags["trust_remote_code"])

@@ -97,6 +97,7 @@ def load_run_config(config_path: str, flags: dict[str, Any]) -> tuple[RunConfig,
     implied, note = implied_strategy(flags, explicit_search(config_path))
     overrides: dict[str, Any] = {
         "search.strategy": flags.get("search_strategy") or implied,
+        "search.objective": flags.get("search_objective"),
         "search.seed": flags.get("random_seed"),
         "search.population_size": flags.get("force_population_size"),
         "search.max_generations": flags.get("max_generation"),

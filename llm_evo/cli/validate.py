@@ -33,6 +33,9 @@ def validate(config_path: str, task_search_path: tuple[str, ...], trust_remote_c
                        task_search_path, skip_tasks)
         return
     config = parse_config(data, config_path)
+    from llm_evo.strategies import check_strategy
+
+    check_strategy(config)
     for warning in check_benchmarks(config, allow_benchmarks):
         click.echo(f"warning: {warning}", err=True)
     genome = build_genome(config, config_dir, trust_remote_code)

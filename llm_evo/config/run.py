@@ -66,6 +66,9 @@ class SearchConfig(Frozen):
     of each model's loss on `example_data` (JSONL {input, output}; see docs/mix.md)."""
 
     strategy: str = "cma"
+    # weighted: one fitness, the weighted sum of task scores (mergekit-evolve's). pareto:
+    # each task is an objective; the ledger keeps the non-dominated set (pareto/ folder).
+    objective: Literal["weighted", "pareto"] = "weighted"
     population_size: int | None = Field(default=None, ge=2)
     max_generations: int = Field(default=10, ge=1)
     # mergekit-evolve's --max-fevals: a budget of candidate evaluations; the run stops after
@@ -109,6 +112,13 @@ class LLMConfig(Frozen):
     max_tokens: int = Field(default=1024, ge=16)
     thought_max_chars: int = Field(default=400, ge=0)
     response_format: Literal["auto", "json_schema", "json_object", "text"] = "auto"
+    # What the history knows is never thrown away for the LLM's mean (docs/llm-strategy.md):
+    # this share of each generation is sampled around the best genome so far, and the LLM's
+    # mean is kept within a trust region around that best, which halves each generation
+    # the LLM's samples do not improve the best and doubles when they do. best_share: 0 and
+    # trust_region: false is LLM-Evo-Merge's design (the LLM's mean replaces everything).
+    best_share: float = Field(default=0.5, ge=0, le=1)
+    trust_region: bool = True
     backoff_retries: int = Field(default=4, ge=0)
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=60.0, gt=0)
@@ -184,6 +194,9 @@ class RunConfig(ScoringConfig):
             raise ValueError("random_init and search.init: data both choose the start point")
         if self.search.init == "data" and self.genome.merge_method == "slerp":
             raise ValueError("search.init: data sets merge weights; slerp has none")
+        if self.search.objective == "pareto" and len(self.tasks) < 2:
+            raise ValueError(f"search.objective: pareto needs at least two tasks (one "
+                             f"objective each), and tasks lists {len(self.tasks)}")
         return self
 
     def identity(self) -> dict[str, Any]:

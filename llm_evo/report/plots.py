@@ -24,6 +24,7 @@ PLOTS = {
     "genome": "Best genome",
     "kinship": "Kinship against score",
     "times": "Time per candidate",
+    "pareto": "Pareto front",  # search.objective: pareto only (report/pareto_plot.py)
 }
 DPI = 110
 PARENT_COLORS = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",

@@ -48,6 +48,7 @@ class RunView:
     events: list[dict[str, Any]]
     genome: Genome | None = None
     notes: list[str] = field(default_factory=list)
+    front: list[CandidateRecord] = field(default_factory=list)  # the ledger's Pareto front
 
     @property
     def ok(self) -> list[CandidateRecord]:
@@ -87,6 +88,7 @@ def load_run(storage: RunStorage, run_id: int | None = None) -> RunView:
         parents=storage.candidates(run_id, kind="parent"),
         candidates=storage.candidates(run_id, kind="candidate"),
         events=storage.events(run_id),
+        front=storage.front(run_id),
     )
     try:
         view.config = RunConfig.model_validate_json(_config_json(storage, run_id))
@@ -248,6 +250,19 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
         else:
             lines += ["(not stored)", ""]
 
+    if view.front:
+        lines += ["## Pareto front", "",
+                  f"{len(view.front)} non-dominated merge(s); one mergekit config each in "
+                  f"`{view.storage_path / 'pareto'}`.", "",
+                  "| merge | " + " | ".join(_md_escape(k) for k in keys) + " | score |",
+                  "|---|" + "---:|" * (len(keys) + 1)]
+        for c in view.front:
+            res = c.results or {}
+            vals = [f"{res[k]:.4f}" if isinstance(res.get(k), (int, float)) else "-"
+                    for k in keys]
+            lines.append(f"| {gen_label(c.generation)} #{c.idx} | " + " | ".join(vals)
+                         + f" | {c.raw_score:.4f} |")
+        lines.append("")
     lines += plots_markdown(plots, PLOTS)
 
     failed = [c for c in view.candidates if c.status != "ok"]
@@ -276,6 +291,10 @@ def write_report(storage_path: str | Path, run_id: int | None = None,
     out = report_folder(out_dir, view.storage_path)
     plotters = {"scores": plot_scores, "genome": plot_genome, "kinship": plot_kinship,
                 "times": plot_times}
+    if view.config is not None and view.config.search.objective == "pareto":
+        from llm_evo.report.pareto_plot import plot_pareto
+
+        plotters["pareto"] = plot_pareto
     plots = {name: fn(view, out / f"{name}.png") for name, fn in plotters.items()}
     summary = out / "summary.md"
     summary.write_text(summary_markdown(view, plots))

@@ -80,6 +80,10 @@ def summary_text(summary, config: RunConfig) -> str:
         f"({summary.failed} failed) in {summary.elapsed:.0f}s",
         *kinship_lines(getattr(summary, "kinship", None)),
     ]
+    pareto = getattr(summary, "pareto", None)
+    if pareto:
+        lines.append(f"Pareto front: {pareto['size']} merge(s) over "
+                     f"{len(pareto['objectives'])} tasks, one config each in {pareto['folder']}")
     usage = llm_usage_line(getattr(summary, "llm_usage", None))
     if usage:
         lines.append(usage)

@@ -139,6 +139,18 @@ def genome_rows(best: CandidateRecord, genome: Genome | None) -> list[list[Any]]
     return rows
 
 
+def front_rows(storage: RunStorage, run_id: int, config: RunConfig
+               ) -> tuple[list[str], list[list[Any]]] | None:
+    """(columns, rows) of the run's Pareto front as the ledger holds it, or None when the
+    run does not search one: a member's slot, each task's metric and its weighted score."""
+    if config.search.objective != "pareto":
+        return None
+    keys = [f"{t.name}/{t.metric}" for t in config.tasks]
+    rows = [[c.generation, c.idx, *((c.results or {}).get(k) for k in keys), c.raw_score]
+            for c in storage.front(run_id)]
+    return ["generation", "idx", *keys, "score"], rows
+
+
 def _best_upto(storage: RunStorage, run_id: int, generation: int) -> CandidateRecord | None:
     ok = _ok([c for c in storage.candidates(run_id, kind="candidate")
               if c.generation <= generation])
@@ -166,6 +178,7 @@ class WandbTracker:
         self._n_thoughts = 0
         self._best_key: tuple[int, int] | None = None
         self._parents_logged = 0
+        self._front: list[list[Any]] | None = None  # the Pareto front last logged
 
     @property
     def wandb_id(self) -> str | None:
@@ -238,6 +251,10 @@ class WandbTracker:
             data["best/genome"] = wandb.Table(columns=GENOME_COLUMNS,
                                               data=genome_rows(best, self.genome))
             self._best_key = (best.generation, best.idx)
+        front = front_rows(self.storage, self.run_id, self.config)
+        if front is not None and front[1] != self._front:
+            data["pareto/front"] = wandb.Table(columns=front[0], data=front[1])
+            self._front = front[1]
         self.run.log(data, step=generation)
         if best is not None:
             self.run.summary.update({

@@ -72,6 +72,10 @@ def search_hooks(config: RunConfig, genome: Genome, storage: RunStorage, root: s
         hooks.append(DataInitHook(config, genome, config_dir, echo))
     if config.kinship.active:
         hooks.append(KinshipHook(config, genome, storage, root, echo))
+    if config.search.objective == "pareto":
+        from llm_evo.session.pareto import ParetoHook
+
+        hooks.append(ParetoHook(config, storage, root))
     return hooks
 
 

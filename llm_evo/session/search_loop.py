@@ -28,6 +28,7 @@ from llm_evo.errors import InvalidGenotypeError
 from llm_evo.evaluation.jobs import Job, JobResult
 from llm_evo.genome import Genome, model_label
 from llm_evo.model_ref import parent_job_source
+from llm_evo.pareto import objective_keys, objective_vector
 from llm_evo.report.progress import ProgressFactory, silent_progress
 from llm_evo.session.hooks import search_hooks
 from llm_evo.session.options import RunOptions
@@ -58,6 +59,7 @@ class RunSummary:
     resumed: bool = False
     status: str = "finished"
     kinship: dict[str, Any] | None = None  # per-candidate kinship cost (KinshipHook.summary)
+    pareto: dict[str, Any] | None = None  # the front's size and folder (ParetoHook.summary)
     llm_usage: tuple[int, int] | None = None  # LLM strategy: (proposals used, generations asked)
 
 
@@ -79,6 +81,7 @@ class SearchLoop:
         self.status = "failed"  # how the run ended, once it has
         config_dir = Path(options.config_dir) if options.config_dir else None
         self.hooks = search_hooks(config, genome, self.storage, self.root, config_dir, echo)
+        self.objective_keys = objective_keys(config)
 
     # ---- set-up ----------------------------------------------------------------------------
     def _strategy(self) -> Strategy:
@@ -146,6 +149,7 @@ class SearchLoop:
             final_model_path=final_path,
             resumed=resumed,
             kinship=summaries.get("kinship"),
+            pareto=summaries.get("pareto"),
             status=self.status,
             llm_usage=llm_usage(self.storage, run_id) if strategy.name == "llm" else None,
         )
@@ -233,6 +237,7 @@ class SearchLoop:
         self.storage.add_events(self.run_id, strategy.drain_events())
         self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict(), phase="asked")
         scores: list[float | None] = [None] * len(genotypes)
+        objectives: list[list[float] | None] = [None] * len(genotypes)  # pareto only
         progress = self.progress(f"gen {gen + 1}/{self.n_generations}", len(genotypes),
                                  best=self._best_score())
         recorded = {c.idx: c for c in self.storage.candidates(self.run_id, generation=gen)}
@@ -243,6 +248,7 @@ class SearchLoop:
             # Exact: the "asked" checkpoint restores the very genotypes, bit for bit.
             if prior is not None and prior.genotype == genotype.tolist():
                 scores[idx] = prior.score if prior.status == "ok" else None  # penalised
+                objectives[idx] = objective_vector(prior.results, self.objective_keys)
                 progress.update(scores[idx], best=self._best_score())
                 continue  # finished before an interruption: never evaluated twice
             try:
@@ -263,12 +269,16 @@ class SearchLoop:
             self.storage.record(self.run_id, rec)
             if res.status == "ok":
                 scores[res.idx] = rec.score
+                objectives[res.idx] = objective_vector(rec.results, self.objective_keys)
                 self._maybe_new_best(rec)
             progress.update(res.score if res.status == "ok" else None, best=self._best_score())
 
         workers.run(jobs, on_result)
         progress.close()
-        strategy.tell(genotypes, scores)
+        if self.config.search.objective == "pareto":
+            strategy.tell(genotypes, scores, objectives=objectives)
+        else:
+            strategy.tell(genotypes, scores)
         for hook in self.hooks:
             hook.after_generation(self.run_id, gen, strategy)
         self.storage.add_events(self.run_id, strategy.drain_events())

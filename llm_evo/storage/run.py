@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     created REAL NOT NULL,
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS pareto (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    generation INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (run_id, generation, idx)
+);
 """
 
 
@@ -166,6 +173,25 @@ class RunStorage(Ledger):
         """The best successful merge candidate by raw score (parents excluded)."""
         ok = [c for c in self.candidates(run_id, kind="candidate") if c.status == "ok"]
         return max(ok, key=lambda c: c.raw_score, default=None)
+
+    # ---- the Pareto front (search.objective: pareto) ----------------------------------------
+    def set_front(self, run_id: int, slots: list[tuple[int, int]], generation: int) -> None:
+        """Replace the run's non-dominated set with `slots` ((generation, idx) of
+        candidates), in one transaction; members already on it keep their `since`."""
+        since = dict(((g, i), s) for g, i, s in self.conn.execute(
+            "SELECT generation, idx, since FROM pareto WHERE run_id = ?", (run_id,)))
+        with self.conn:  # autocommit connection: BEGIN makes the two statements one commit
+            self.conn.execute("BEGIN")
+            self.conn.execute("DELETE FROM pareto WHERE run_id = ?", (run_id,))
+            self.conn.executemany(
+                "INSERT INTO pareto (run_id, generation, idx, since) VALUES (?, ?, ?, ?)",
+                [(run_id, g, i, since.get((g, i), generation)) for g, i in slots])
+
+    def front(self, run_id: int) -> list[CandidateRecord]:
+        """The run's current non-dominated candidates, in (generation, idx) order."""
+        slots = set(self.conn.execute(
+            "SELECT generation, idx FROM pareto WHERE run_id = ?", (run_id,)).fetchall())
+        return [c for c in self.candidates(run_id) if (c.generation, c.idx) in slots]
 
     # ---- events and checkpoints ------------------------------------------------------------
     def add_events(self, run_id: int, events: list[dict[str, Any]]) -> None:

@@ -26,6 +26,9 @@ STRATEGIES: dict[str, str] = {
     "cma": "llm_evo.strategies.cma_es:CMAES",
     "random": "llm_evo.strategies.random_search:RandomSearch",
     "llm": "llm_evo.strategies.llm:LLMStrategy",
+    "tpe": "llm_evo.strategies.optuna_samplers:TPE",
+    "gp": "llm_evo.strategies.optuna_samplers:GaussianProcess",
+    "nsga2": "llm_evo.strategies.optuna_samplers:NSGA2",
 }
 
 
@@ -68,8 +71,21 @@ def strategy_from_config(space: SearchSpace, config: RunConfig,
                          secrets: Mapping[str, str] | None = None) -> Strategy:
     """The run's strategy (`search.strategy`), given only its own options from `config`
     and `secrets`. Builds it only: the caller runs `start()` before the first ask."""
-    return strategy_class(config.search.strategy).from_config(space, config, secrets or {})
+    return check_strategy(config).from_config(space, config, secrets or {})
 
 
-__all__ = ["STRATEGIES", "Strategy", "default_population_size", "make_strategy",
+def check_strategy(config: RunConfig) -> type[Strategy]:
+    """The run's strategy class, or a ConfigError: an unknown name, or one that cannot
+    search the Pareto front that `search.objective: pareto` asks for."""
+    cls = strategy_class(config.search.strategy)
+    if config.search.objective == "pareto" and not cls.multi_objective:
+        capable = [n for n in STRATEGIES if strategy_class(n).multi_objective]
+        raise ConfigError(f"search.objective: pareto needs a multi-objective strategy, and "
+                          f"{config.search.strategy} is not one (choose from "
+                          f"{', '.join(capable)})")
+    return cls
+
+
+__all__ = ["STRATEGIES", "Strategy", "check_strategy", "default_population_size",
+           "make_strategy",
            "register_strategy", "strategy_class", "strategy_from_config", "strategy_options"]

@@ -38,6 +38,8 @@ class Strategy(ABC):
     """Proposes genotypes inside `space` and learns from their scores (higher is better)."""
 
     name: ClassVar[str] = "base"
+    # Whether tell() can take one objective vector per candidate (search.objective: pareto)
+    multi_objective: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, *, seed: int = 0,
                  population_size: int | None = None) -> None:
@@ -70,7 +72,11 @@ class Strategy(ABC):
 
     @abstractmethod
     def tell(self, genotypes: list[np.ndarray], scores: list[float | None]) -> None:
-        """Scores for the genotypes of the last ask(); None marks a failed candidate."""
+        """Scores for the genotypes of the last ask(); None marks a failed candidate.
+
+        A `multi_objective` strategy's tell also takes `objectives=`: one vector per
+        genotype (each task's score, higher is better) or None, when the run searches a
+        Pareto front."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

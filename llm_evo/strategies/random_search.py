@@ -18,6 +18,7 @@ class RandomSearch(Strategy):
     """Samples genotypes uniformly in the box; generation 0 includes the uniform merge."""
 
     name = "random"
+    multi_objective = True  # it ignores scores, so any number of objectives will do
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, population_size: int | None = None,
                  random_init: bool = False) -> None:
@@ -42,7 +43,8 @@ class RandomSearch(Strategy):
             self._pending = [x.tolist() for x in out]
         return [np.array(x) for x in self._pending]
 
-    def tell(self, genotypes: list[np.ndarray], scores: list[float | None]) -> None:
+    def tell(self, genotypes: list[np.ndarray], scores: list[float | None],
+             objectives: list[list[float] | None] | None = None) -> None:
         self._pending = None
         self.generation += 1
 

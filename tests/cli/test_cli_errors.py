@@ -213,3 +213,30 @@ tasks: [t]
 """)
     assert_one_line_error(cli("llm-evo", "validate", str(path)), "genome.models.1",
                           "more than one '@'")
+
+
+@pytest.mark.parametrize("flags, extra, needles", [
+    (("--search", "annealing"), "", ("search.strategy", "unknown strategy 'annealing'",
+                                     "tpe", "nsga2")),
+    (("--objective", "pareto", "--search", "nsga2"), "",
+     ("search.objective: pareto needs at least two tasks", "lists 1")),
+    (("--objective", "pareto", "--search", "cma"), "tasks: [t, u]\n",
+     ("pareto needs a multi-objective strategy", "cma is not one", "nsga2")),
+    ((), "tasks: [t, u]\nsearch:\n  objective: pareto\n  strategy: llm\n",
+     ("llm is not one",)),
+])
+def test_bad_strategy_or_objective_is_one_line(tmp_path, fake_models, flags, extra, needles):
+    """Before any model loads or Ray starts: `run` and `validate` refuse alike."""
+    if extra.startswith("tasks:"):
+        path = write(tmp_path, f"""genome:
+  models: [{fake_models['ft_a']}, {fake_models['ft_b']}]
+  merge_method: linear
+{extra}""")
+        proc = cli("llm-evo", "run", str(path), "--storage-path", str(tmp_path / "s"), *flags)
+        assert_one_line_error(proc, *needles)
+        if not flags:
+            assert_one_line_error(cli("llm-evo", "validate", str(path), "--skip-tasks"),
+                                  *needles)
+    else:
+        assert_one_line_error(_run_args(tmp_path, fake_models, *flags), *needles)
+    assert not (tmp_path / "s" / "llm_evo.sqlite").exists()  # refused before any run

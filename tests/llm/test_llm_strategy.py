@@ -123,7 +123,9 @@ def test_generation_zero_is_uniform_plus_perturbations(fault_server: FaultServer
 def test_mutation_clips_to_the_real_range_not_0_1(fault_server: FaultServer) -> None:
     space = make_space(negative=True)
     fault_server.answer = lambda body: {"thought": "go low", "mean_genome": [[2, 0], [0, 3]]}
-    strategy = make_strategy(space, fault_server.url, population_size=12)
+    # LLM-Evo-Merge's design: the LLM's mean, unchecked, for the whole generation
+    strategy = make_strategy(space, fault_server.url, population_size=12, best_share=0,
+                             trust_region=False)
     _, population = run(strategy, 3, FITNESS)
     everything = np.array([g for gen in population for g in gen])
     assert everything.min() >= -1.0 and everything.max() <= 1.0

@@ -365,3 +365,28 @@ def test_log_before_start_is_an_error(tmp_path: Path) -> None:
     storage, run_id, config = build_storage(tmp_path / "run")
     with pytest.raises(RuntimeError, match="start"):
         make_tracker(config, storage, run_id).log_generation(0)
+
+
+def test_pareto_front_is_logged_as_a_table(offline: Path, tmp_path: Path) -> None:
+    """A pareto run logs the ledger's front as `pareto/front`, again only when it changes."""
+    from llm_evo.session.pareto import ParetoHook
+
+    storage, run_id, _ = build_storage(tmp_path / "run")
+    config = RunConfig.model_validate({**_config().model_dump(),
+                                       "search": {"strategy": "nsga2", "objective": "pareto",
+                                                  "population_size": 3}})
+    hook = ParetoHook(config, storage, tmp_path / "run")
+    tracker = make_tracker(config, storage, run_id)
+    tracker.start()
+    for gen in range(3):
+        hook.after_generation(run_id, gen, None)  # the front over everything recorded
+        tracker.log_generation(gen)
+    tracker.finish(None, "finished")
+    run_dir = offline_runs(offline)[0]
+    history = read_offline_run(run_dir)["history"]
+    assert "pareto/front" in history[0]
+    assert "pareto/front" not in history[1] and "pareto/front" not in history[2]  # unchanged
+    front = table(run_dir, history[0]["pareto/front"])
+    assert front["columns"] == ["generation", "idx", ARITH, CAT, "score"]
+    # (1, 2) dominates every other candidate: 0.6 arith, 0.4 category
+    assert front["data"] == [[1, 2, 0.6, 0.4, pytest.approx(1.0)]]

@@ -187,7 +187,8 @@ def own_options(name, config):
     everything = {"seed": s.seed, "population_size": s.population_size, "sigma0": s.sigma0,
                   "sigma_low": s.sigma_low, "sigma_high": s.sigma_high,
                   "random_init": config.random_init, "llm": config.llm,
-                  "api_key": "sk-contract", "base_url": None, "model": None}
+                  "api_key": "sk-contract", "base_url": None, "model": None,
+                  "n_objectives": 1}
     options = strategy_options(strategy_class(name))
     assert set(options) <= set(everything), f"teach this test {name}'s new options"
     return {k: everything[k] for k in options}

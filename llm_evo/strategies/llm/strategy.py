@@ -2,7 +2,14 @@
 
 Each generation the chat model sees the top-k genomes so far (worst to best, genes as
 labelled 0..100 integers) and proposes the next mean; the population is Gaussian noise
-around that mean, with a small step after an improvement and a large one otherwise. Every
+around that mean, with a small step after an improvement and a large one otherwise.
+A weak model's mean can walk away from everything the search has learned (issue #16: with
+SmolLM2 as the LLM, LLM-Evo-Merge's design did worse than random search), so by default
+`llm.best_share` of each generation is sampled around the best genome so far, and the
+LLM's mean is held within a trust region around that best: its radius (a fraction of each
+gene's range) halves after a generation whose LLM-guided samples did not beat the best,
+and doubles, up to the whole range, when one did. The strategy then cannot do much worse
+than a local search around its best, and a model that proposes well keeps a wide region. Every
 failure mode of the model or the server ends in a documented fallback (the best genome so
 far), recorded as an event, so a run never dies of a bad answer. See docs/llm-strategy.md.
 
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OPENAI_DEFAULT_MODEL = "gpt-4o"  # LLM-Evo-Merge's --llm-model default
+RADIUS_START, RADIUS_MIN, RADIUS_MAX = 0.5, 0.02, 1.0
 
 
 class LLMStrategy(Strategy):
@@ -102,7 +110,9 @@ class LLMStrategy(Strategy):
         self.history: list[list[dict[str, str]]] = []  # last N accepted exchanges
         self.improved = False
         self.force_sigma_high = False  # set by on_stagnation, for the next generation only
+        self.radius = RADIUS_START  # the trust region around the best (fraction of a range)
         self._pending: list[np.ndarray] | None = None
+        self._from_llm = 0  # how many of the pending genotypes the LLM's mean guided
         self.emit(
             "llm_config", model=model, base_url=self.client.url,
             response_format=self.cfg.response_format, temperature=self.cfg.temperature,
@@ -144,15 +154,30 @@ class LLMStrategy(Strategy):
             if self.generation == 0:
                 mean, sigma = self._start(), self.sigma_high
                 self.emit("sigma", sigma=sigma, improved=False, reason="generation 0")
+                self._pending = self._population(mean, sigma)
+                self._from_llm = len(self._pending)
             else:
-                mean = self._propose_mean()
+                mean = self._trusted(self._propose_mean())
                 forced, self.force_sigma_high = self.force_sigma_high, False
                 sigma = self.sigma_low if self.improved and not forced else self.sigma_high
                 self.emit("sigma", sigma=sigma, improved=self.improved,
                           reason="kinship stagnation" if forced else
                           "best improved" if self.improved else "no improvement")
-            self._pending = self._population(mean, sigma)
+                n_best = (int(round(self.cfg.best_share * (self.population_size - 1)))
+                          if self.best_genotype is not None else 0)
+                around_llm = self._population(mean, sigma, self.population_size - n_best)
+                around_best = self._population(self.best_genotype, sigma, n_best + 1)[1:] \
+                    if n_best else []
+                self._pending, self._from_llm = around_llm + around_best, len(around_llm)
         return [x.copy() for x in self._pending]
+
+    def _trusted(self, mean: np.ndarray) -> np.ndarray:
+        """The LLM's mean, moved into the trust region around the best genome (a box of
+        `radius` x each gene's range)."""
+        if not self.cfg.trust_region or self.best_genotype is None:
+            return mean
+        reach = self.radius * (self.space.upper - self.space.lower)
+        return self.best_genotype + np.clip(mean - self.best_genotype, -reach, reach)
 
     def on_stagnation(self, reason: str) -> None:
         super().on_stagnation(reason)
@@ -168,13 +193,14 @@ class LLMStrategy(Strategy):
             return self.rng.uniform(self.space.lower, self.space.upper)
         return self.space.initial.copy()
 
-    def _population(self, mean: np.ndarray, sigma: float) -> list[np.ndarray]:
+    def _population(self, mean: np.ndarray, sigma: float, size: int | None = None
+                    ) -> list[np.ndarray]:
         """The mean itself, then Gaussian perturbations clipped to the real gene ranges."""
         span = self.space.upper - self.space.lower
         # clip_range: every genotype stays on the 0..100 grid the model reads and writes,
         # even for genes CMA-ES may take beyond it (LLM-Evo-Merge clips to [0, 1] too).
         out = [self.space.clip_range(mean)]
-        for _ in range(self.population_size - 1):
+        for _ in range((size or self.population_size) - 1):
             noise = self.rng.standard_normal(self.space.n_genes) * sigma * span
             out.append(self.space.clip_range(mean + noise))
         return out
@@ -192,6 +218,12 @@ class LLMStrategy(Strategy):
         self.improved = self.best_fitness is not None and (
             previous is None or self.best_fitness > previous
         )
+        if self.generation > 0 and self.cfg.trust_region and previous is not None:
+            guided = [s for s in scores[:self._from_llm] if s is not None and math.isfinite(s)]
+            paid_off = bool(guided) and max(guided) > previous
+            self.radius = (min(RADIUS_MAX, self.radius * 2) if paid_off
+                           else max(RADIUS_MIN, self.radius / 2))
+            self.emit("trust_region", radius=self.radius, paid_off=paid_off)
         self._pending = None
         self.generation += 1
 
@@ -301,6 +333,8 @@ class LLMStrategy(Strategy):
             "history": self.history,
             "improved": self.improved,
             "force_sigma_high": self.force_sigma_high,
+            "radius": self.radius,
+            "from_llm": self._from_llm,
             "response_format": self.client.mode,
             "pending": None if self._pending is None else [x.tolist() for x in self._pending],
         }
@@ -319,6 +353,8 @@ class LLMStrategy(Strategy):
         self.history = [list(ex) for ex in state.get("history", [])]
         self.improved = bool(state.get("improved", False))
         self.force_sigma_high = bool(state.get("force_sigma_high", False))
+        self.radius = float(state.get("radius", RADIUS_START))
+        self._from_llm = int(state.get("from_llm", 0))
         if not self.client.forced:
             self.client.mode = state.get("response_format")
         pending = state.get("pending")

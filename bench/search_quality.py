@@ -1,0 +1,184 @@
+"""Which strategy wins at small budgets: median best score at 16, 32, 48 and 96 evaluations.
+
+Every strategy searches the same real merges with the same evaluator (one in-memory
+EvalWorker: real mergekit merges, real lm-eval scores, no Ray, so the seeds run
+back to back in one process), population 8, over several seeds. Genomes:
+- tiny-easy: the tiny family, 2 layer groups x 2 models (4 genes);
+- tiny-hard: the tiny family, one layer per group with filters [self_attn, mlp]
+  (8 layers x 3 filters x 2 models = 48 genes);
+- smol: configs/smol.yml's genome on the SmolLM2-135M family (9 genes; slow: ~13 s a
+  candidate on 2 cores).
+The score is mergekit-evolve's weighted sum (max 2 on the tiny family, 3 on smol); its
+standard error is the binomial one of the median-best merge's task accuracies.
+
+Run from the repo root after `make models` (and `make smol-family` for smol):
+``python bench/search_quality.py [--genomes tiny-easy,tiny-hard] [--strategies
+cma,random,tpe,gp,nsga2] [--seeds 5] [--budgets 16,32,48,96] [--limit 40] [--markdown]
+[--json F]``. The llm strategy (and llm-original, LLM-Evo-Merge's design: the LLM's
+mean for the whole generation, no trust region) needs a server: ``--local-llm`` starts
+the local SmolLM2-135M llama.cpp server (`make demo`'s), or ``--llm-url URL --llm-model
+NAME`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _table import markdown_table  # bench/, the script's own folder
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+POPULATION = 8
+
+
+def genome_of(name: str):
+    """(genome, worker spec arguments) of a named benchmark genome."""
+    import yaml
+
+    from llm_evo.config import GenomeConfig
+    from llm_evo.genome import Genome
+
+    if name.startswith("tiny"):
+        root = Path(os.environ.get("LLM_EVO_TINY_FAMILY", REPO / "models/tiny"))
+        models = [str(root / m) for m in ("ft_arith", "ft_category")]
+        extra = ({"layer_granularity": 4} if name == "tiny-easy" else
+                 {"layer_granularity": 1, "filters": ["self_attn", "mlp"]})
+        cfg = GenomeConfig(models=models, merge_method="task_arithmetic",
+                           base_model=str(root / "base"), normalize=False, **extra)
+        tasks = ("tiny_skill_arith", "tiny_skill_category")
+        return Genome(cfg, models, str(root / "base"), 8), tasks, root / "tasks", 32
+    smol = yaml.safe_load((REPO / "configs/smol.yml").read_text())
+    g = smol["genome"]
+    models = [str(REPO / m) for m in g["models"]]
+    cfg = GenomeConfig(**{**g, "models": models, "base_model": str(REPO / g["base_model"])})
+    tasks = tuple(t["name"] for t in smol["tasks"])
+    return (Genome(cfg, models, str(REPO / g["base_model"]), 30), tasks,
+            REPO / "models/smol/tasks", 32)
+
+
+def worker_for(tasks, task_dir: Path, limit: int):
+    from llm_evo.evaluation.jobs import TaskSpec, WorkerSpec
+    from llm_evo.evaluation.worker import EvalWorker
+
+    spec = WorkerSpec(tasks=tuple(TaskSpec(t, 1.0, "acc,none") for t in tasks),
+                      task_search_paths=(str(task_dir),), merge_dir="/tmp/llm-evo-sq",
+                      limit=limit, batch_size=32, torch_threads=2, in_memory=True,
+                      dtype="float32")
+    return EvalWorker(spec, "bench")
+
+
+def search(strategy, genome, worker, budget: int) -> tuple[list[float], list[dict]]:
+    """Best-so-far after each evaluation, and every result."""
+    from llm_evo.evaluation.jobs import Job
+
+    best, curve, results = -math.inf, [], []
+    gen = 0
+    while len(curve) < budget:
+        xs = strategy.ask()
+        scores, objectives = [], []
+        for i, x in enumerate(xs):
+            res = worker.evaluate(Job(gen, i, merge_config=genome.merge_config_dict(
+                x, dtype="float32")))
+            ok = res.status == "ok"
+            scores.append(res.score if ok else None)
+            objectives.append(list(res.results.values()) if ok else None)
+            if ok and res.score > best:
+                best = res.score
+            curve.append(best)
+            results.append(res.results if ok else None)
+        if getattr(strategy, "n_objectives", 1) > 1:
+            strategy.tell(xs, scores, objectives=objectives)
+        else:
+            strategy.tell(xs, scores)
+        gen += 1
+    return curve[:budget], results
+
+
+def binomial_se(results: dict, n: int) -> float:
+    return math.sqrt(sum(p * (1 - p) / n for p in results.values()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--genomes", default="tiny-easy,tiny-hard")
+    ap.add_argument("--strategies", default="cma,random,tpe,gp,nsga2")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--budgets", default="16,32,48,96")
+    ap.add_argument("--limit", type=int, default=40)
+    ap.add_argument("--llm-url")
+    ap.add_argument("--llm-model")
+    ap.add_argument("--local-llm", action="store_true",
+                    help="serve SmolLM2-135M with llama.cpp for the llm strategy")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.local_llm:
+        from llm_evo.local_llm import MODEL_NAME, local_llm_server
+
+        with local_llm_server() as url:
+            args.llm_url, args.llm_model = url, MODEL_NAME
+            run(args)
+    else:
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from llm_evo.strategies import make_strategy
+
+    budgets = [int(b) for b in args.budgets.split(",")]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"population {POPULATION}, {args.seeds} seeds, limit {args.limit}", flush=True)
+    rows, raw = [], {}
+    for gname in args.genomes.split(","):
+        genome, tasks, task_dir, _ = genome_of(gname)
+        worker = worker_for(tasks, task_dir, args.limit)
+        for sname in args.strategies.split(","):
+            t0 = time.perf_counter()
+            curves, finals = [], []
+            for seed in range(args.seeds):
+                kw = {"seed": seed, "population_size": POPULATION}
+                if sname == "nsga2":
+                    kw["n_objectives"] = len(tasks)
+                if sname.startswith("llm"):  # llm-original: LLM-Evo-Merge's design
+                    from llm_evo.config import LLMConfig
+
+                    original = {"best_share": 0.0, "trust_region": False}
+                    kw.update(base_url=args.llm_url, model=args.llm_model, api_key="none",
+                              llm=LLMConfig(**(original if sname == "llm-original" else {})))
+                strategy = make_strategy(sname.split("-")[0], genome.space, **kw)
+                strategy.start()
+                curve, results = search(strategy, genome, worker, max(budgets))
+                curves.append(curve)
+                best_i = int(np.argmax([c if c is not None else -1 for c in curve]))
+                finals.append(results[best_i])
+            med = {b: float(np.median([c[b - 1] for c in curves])) for b in budgets}
+            i48 = min(budgets, key=lambda b: abs(b - 48))
+            order = np.argsort([c[i48 - 1] for c in curves])
+            median_final = finals[int(order[len(order) // 2])] or {}
+            se = binomial_se(median_final, args.limit) if median_final else float("nan")
+            raw[f"{gname}/{sname}"] = {"curves": curves, "median": med, "se": se}
+            rows.append([gname, str(genome.n_genes), sname,
+                         *(f"{med[b]:.3f}" for b in budgets), f"{se:.3f}",
+                         f"{(time.perf_counter() - t0) / args.seeds:.0f}"])
+            print(" | ".join(rows[-1]), flush=True)
+    header = ["genome", "genes", "strategy", *(f"best@{b}" for b in budgets), "SE",
+              "s/seed"]
+    print(markdown_table(header, rows) if args.markdown else "\n".join(
+        " | ".join(r) for r in [header, *rows]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw))
+
+
+if __name__ == "__main__":
+    main()
