@@ -7,6 +7,8 @@ unchanged, and a few of their flags mean more than a config override:
   (`--wandb-project` > `wandb.project` > WANDB_PROJECT > "llm-evo");
 - an LLM flag (`--llm-model`, `--api-key`, ...) selects `--search llm` when no strategy was
   chosen (LLM-Evo-Merge has no other strategy), and is refused against an explicit other one;
+  likewise `--sigma0`, pycma's step size, selects `--search cma` (mergekit-evolve's only
+  strategy) now that the default strategy is another;
 - `--max-fevals` is a budget of candidate evaluations: generations = ceil(budget /
   population), capped by `--max-generation` / `search.max_generations` only when given;
 - `--load-in-8bit/4bit` become mergekit-evolve's BitsAndBytesConfig in the HF backend's
@@ -29,6 +31,8 @@ from llm_evo.errors import ConfigError
 # Flags that only the LLM strategy reads.
 LLM_FLAGS = ("llm_model", "llm_base_url", "api_key", "max_retries", "sigma_low", "sigma_high",
              "top_k", "llm_temperature")
+# Flags that only one strategy reads: given without a strategy, they choose it.
+STRATEGY_FLAGS = {"llm": LLM_FLAGS, "cma": ("sigma0",)}
 DEFAULT_WANDB_PROJECT = "llm-evo"
 # mergekit-evolve's BitsAndBytesConfig (mergekit/scripts/evolve.py), as JSON.
 BNB_4BIT = {"bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_quant_type": "nf4",
@@ -48,20 +52,29 @@ def explicit_search(config_path: str) -> dict[str, Any]:
 
 def implied_strategy(flags: dict[str, Any], file_search: dict[str, Any]) -> tuple[str | None,
                                                                                   str | None]:
-    """(strategy to set, note to print) for the LLM flags given; ConfigError when they
-    contradict a strategy chosen explicitly (by --search or search.strategy)."""
-    given = [k for k in LLM_FLAGS if flags.get(k) is not None]
+    """(strategy to set, note to print) for the strategy-specific flags given (LLM flags,
+    --sigma0); ConfigError when they contradict a strategy chosen explicitly (by --search or
+    search.strategy) or each other."""
+    given = [(name, k) for name, keys in STRATEGY_FLAGS.items() for k in keys
+             if flags.get(k) is not None]
     if not given:
         return None, None
+    owners = list(dict.fromkeys(name for name, _ in given))
+    if len(owners) > 1:
+        first = {name: k for name, k in reversed(given)}
+        raise ConfigError(f"{flag_name(first[owners[0]])} is a setting of the {owners[0]} "
+                          f"strategy and {flag_name(first[owners[1]])} one of {owners[1]}: "
+                          "choose one strategy")
+    owner, key = given[0]
     chosen, source = flags.get("search_strategy"), "--search"
     if chosen is None and file_search.get("strategy") is not None:
         chosen, source = str(file_search["strategy"]), "search.strategy in the config"
     if chosen is None:
-        return "llm", f"search: llm (implied by {flag_name(given[0])})"
-    if chosen != "llm":
-        raise ConfigError(f"{flag_name(given[0])} is a setting of the llm strategy, but the "
-                          f"search strategy is {chosen} ({source}); pass --search llm or "
-                          f"drop {flag_name(given[0])}")
+        return owner, f"search: {owner} (implied by {flag_name(key)})"
+    if chosen != owner:
+        raise ConfigError(f"{flag_name(key)} is a setting of the {owner} strategy, but the "
+                          f"search strategy is {chosen} ({source}); pass --search {owner} or "
+                          f"drop {flag_name(key)}")
     return None, None
 
 

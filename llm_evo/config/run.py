@@ -61,11 +61,17 @@ class GenomeConfig(Frozen):
         return self.merge_method in ("linear", "ties", "dare_ties")
 
 
+# The strategy that won bench/search_quality.py at 48 and 96 evaluations (docs/performance.md):
+# on the 48-gene genome optuna's GP sampler beat CMA-ES, mergekit-evolve's, by 3 standard
+# errors. `--sigma0` (pycma's step size) still selects cma on a command line.
+DEFAULT_STRATEGY = "gp"
+
+
 class SearchConfig(Frozen):
     """`init: data` starts the search at data-driven weights: softmax(-loss / temperature)
     of each model's loss on `example_data` (JSONL {input, output}; see docs/mix.md)."""
 
-    strategy: str = "cma"
+    strategy: str = DEFAULT_STRATEGY
     # weighted: one fitness, the weighted sum of task scores (mergekit-evolve's). pareto:
     # each task is an objective; the ledger keeps the non-dominated set (pareto/ folder).
     objective: Literal["weighted", "pareto"] = "weighted"

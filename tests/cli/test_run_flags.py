@@ -17,6 +17,7 @@ from llm_evo.cli.run_flags import (
     quantization,
 )
 from llm_evo.config import parse_config
+from llm_evo.config.run import DEFAULT_STRATEGY
 from llm_evo.errors import ConfigError
 
 BASE = {"genome": {"models": ["a", "b"], "merge_method": "linear"}, "tasks": ["t"]}
@@ -38,7 +39,21 @@ def test_an_llm_flag_selects_the_llm_strategy(tmp_path, flag):
     assert config.search.strategy == "llm"
     assert notes == [f"search: llm (implied by --{flag.replace('_', '-')})"]
     plain, _, none = load_run_config(write(tmp_path), {})
-    assert plain.search.strategy == "cma" and none == []
+    assert plain.search.strategy == DEFAULT_STRATEGY and none == []
+
+
+def test_sigma0_selects_cma(tmp_path):
+    """mergekit-evolve's --sigma0 is pycma's step size: with no strategy chosen it means CMA-ES,
+    mergekit-evolve's only strategy, whatever our default is."""
+    config, _, notes = load_run_config(write(tmp_path), {"sigma0": 0.3})
+    assert (config.search.strategy, config.search.sigma0) == ("cma", 0.3)
+    assert notes == ["search: cma (implied by --sigma0)"]
+    with pytest.raises(ConfigError, match=r"^--sigma0 is a setting of the cma strategy, but "
+                                          r"the search strategy is tpe \(--search\)"):
+        load_run_config(write(tmp_path), {"sigma0": 0.3, "search_strategy": "tpe"})
+    with pytest.raises(ConfigError, match=r"--llm-model is a setting of the llm strategy and "
+                                          r"--sigma0 one of cma: choose one strategy"):
+        load_run_config(write(tmp_path), {"sigma0": 0.3, "llm_model": "m"})
 
 
 def test_llm_flags_agree_with_an_explicit_llm_strategy(tmp_path):
