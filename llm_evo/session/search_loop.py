@@ -290,8 +290,14 @@ class SearchLoop:
 
     def _maybe_new_best(self, rec: CandidateRecord) -> None:
         score = rec.raw_score if rec.raw_score is not None else rec.score
-        if score is None or (self.best is not None and score <= self._best_score()):
+        if score is None:
             return
+        if self.best is not None:
+            # Ties go to the earlier slot, as the ledger's best() decides them: the order in
+            # which workers finish must not choose best_config.yaml.
+            key = (score, -rec.generation, -rec.idx)
+            if key <= (self._best_score(), -self.best.generation, -self.best.idx):
+                return
         self.best = CandidateRecord(**{**rec.__dict__, "raw_score": score})
         self._write_best_config(self.best)
 

@@ -21,7 +21,9 @@ uninterrupted run's. The state is the run's own file; it is never read from else
 from __future__ import annotations
 
 import base64
+import io
 import pickle
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,6 +36,25 @@ if TYPE_CHECKING:
     from llm_evo.config import RunConfig
 
 STUDY_NAME = "llm-evo"
+
+
+_LOCK_TYPES = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
+
+
+class _StatePickler(pickle.Pickler):
+    """Pickles a sampler's locks as fresh locks: some optuna versions keep a
+    `threading.Lock` on the sampler (NSGAIISampler in 5.1), which plain pickle refuses. A
+    lock holds no search state, so the restored sampler proposes exactly the same."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        make = _LOCK_TYPES.get(type(obj))
+        return (make, ()) if make is not None else NotImplemented
+
+
+def _dumps(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    _StatePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
 
 
 class OptunaStrategy(Strategy):
@@ -127,7 +148,7 @@ class OptunaStrategy(Strategy):
     # ---- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         study = self._get_study()
-        blob = pickle.dumps((self._storage, study.sampler))
+        blob = _dumps((self._storage, study.sampler))
         return {"generation": self.generation, "pending": self._pending,
                 "pending_x": self._pending_x,
                 "n_objectives": self.n_objectives,
