@@ -109,3 +109,26 @@ def test_workers_survive_a_failing_merge(tmp_path, tiny_family, ray_cluster):
         assert {r.worker for r in got.values()} <= {"w0", "w1"}
     finally:
         workers.shutdown()
+
+
+def test_a_tie_for_best_goes_to_the_earlier_slot_whatever_finishes_first(tmp_path, tiny_family):
+    """Workers finish in any order; best_config.yaml must not depend on it (a resumed run
+    and an uninterrupted one wrote different files on a tie before this rule)."""
+    from llm_evo.storage import CandidateRecord
+
+    config = load_config(write_config(tmp_path, tiny_family, limit=20))
+    genome = build_genome(config)
+
+    def rec(gen: int, idx: int, score: float) -> CandidateRecord:
+        return CandidateRecord(gen, idx, "candidate", None, [0.0], f"# slot {gen}/{idx}\n",
+                               None, score, "ok", None, raw_score=score)
+
+    for order in ([(1, 2), (1, 0), (0, 5)], [(0, 5), (1, 2), (1, 0)]):
+        root = tmp_path / f"s{order[0][0]}"
+        loop = SearchLoop(config, genome, RunOptions(storage_path=str(root), quiet=True),
+                          echo=lambda m: None)
+        for gen, idx in order:
+            loop._maybe_new_best(rec(gen, idx, 1.5))
+        assert (root / "best_config.yaml").read_text() == "# slot 0/5\n"
+        loop._maybe_new_best(rec(2, 0, 1.6))  # a higher score still wins, later or not
+        assert (root / "best_config.yaml").read_text() == "# slot 2/0\n"
