@@ -43,7 +43,7 @@ POPULATION = 8
 
 
 def genome_of(name: str):
-    """(genome, worker spec arguments) of a named benchmark genome."""
+    """(genome, task names, task folder) of a named benchmark genome."""
     import yaml
 
     from llm_evo.config import GenomeConfig
@@ -57,14 +57,14 @@ def genome_of(name: str):
         cfg = GenomeConfig(models=models, merge_method="task_arithmetic",
                            base_model=str(root / "base"), normalize=False, **extra)
         tasks = ("tiny_skill_arith", "tiny_skill_category")
-        return Genome(cfg, models, str(root / "base"), 8), tasks, root / "tasks", 32
+        return Genome(cfg, models, str(root / "base"), 8), tasks, root / "tasks"
     smol = yaml.safe_load((REPO / "configs/smol.yml").read_text())
     g = smol["genome"]
     models = [str(REPO / m) for m in g["models"]]
     cfg = GenomeConfig(**{**g, "models": models, "base_model": str(REPO / g["base_model"])})
     tasks = tuple(t["name"] for t in smol["tasks"])
     return (Genome(cfg, models, str(REPO / g["base_model"]), 30), tasks,
-            REPO / "models/smol/tasks", 32)
+            REPO / "models/smol/tasks")
 
 
 def worker_for(tasks, task_dir: Path, limit: int):
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> None:
           f"population {POPULATION}, {args.seeds} seeds, limit {args.limit}", flush=True)
     rows, raw = [], {}
     for gname in args.genomes.split(","):
-        genome, tasks, task_dir, _ = genome_of(gname)
+        genome, tasks, task_dir = genome_of(gname)
         worker = worker_for(tasks, task_dir, args.limit)
         for sname in args.strategies.split(","):
             t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from _table import markdown_table  # bench/, the script's own folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,14 +105,11 @@ def model_gib() -> tuple[float, float, int]:
     """fp32 size of one model (tied embedding once), the largest tensor, input count."""
     from safetensors import safe_open
 
-    cfg = __import__("yaml").safe_load((REPO / "configs/smol.yml").read_text())["genome"]
+    cfg = yaml.safe_load((REPO / "configs/smol.yml").read_text())["genome"]
     total = largest = 0
     with safe_open(str(REPO / cfg["base_model"] / "model.safetensors"), "np") as fh:
         for name in fh.keys():
-            shape = fh.get_slice(name).get_shape()
-            n = 4
-            for d in shape:
-                n *= d
+            n = 4 * math.prod(fh.get_slice(name).get_shape())
             total += n
             largest = max(largest, n)
     return total / GIB, largest / GIB, len(cfg["models"]) + 1

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from llm_evo.config import RunConfig
     from llm_evo.storage import CandidateRecord
 
+
 def objective_keys(config: RunConfig) -> list[tuple[str, float]]:
     """(results key, sign) per task: the key the ledger stores its metric under."""
     return [(f"{t.name}/{t.metric}", -1.0 if t.weight < 0 else 1.0) for t in config.tasks]

@@ -176,6 +176,14 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _cells(rec: CandidateRecord, keys: list[str]) -> str:
+    """A table row's cells: each task's metric, then the raw score (or the status)."""
+    res = rec.results or {}
+    vals = [f"{res[k]:.4f}" if isinstance(res.get(k), (int, float)) else "-" for k in keys]
+    score = f"{rec.raw_score:.4f}" if rec.raw_score is not None else rec.status
+    return " | ".join([*vals, score])
+
+
 def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
     """The run at a glance: status, counts, best vs parents, best merge config, plots."""
     info, cfg = view.info, view.config
@@ -222,17 +230,10 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
         lines += ["| " + " | ".join(header) + " |",
                   "|---|" + "---:|" * (len(keys) + 1)]
 
-        def cells(rec: CandidateRecord) -> str:
-            res = rec.results or {}
-            vals = [f"{res[k]:.4f}" if isinstance(res.get(k), (int, float)) else "-"
-                    for k in keys]
-            score = f"{rec.raw_score:.4f}" if rec.raw_score is not None else rec.status
-            return " | ".join([*vals, score])
-
         lines.append(f"| **best merge** ({gen_label(best.generation)} #{best.idx}) | "
-                     f"{cells(best)} |")
+                     f"{_cells(best, keys)} |")
         for p in view.parents:
-            lines.append(f"| parent {_md_escape(p.label or str(p.idx))} | {cells(p)} |")
+            lines.append(f"| parent {_md_escape(p.label or str(p.idx))} | {_cells(p, keys)} |")
         lines.append("")
         ok_parents = [p for p in view.parents if p.status == "ok" and p.raw_score is not None]
         verdict = f"Best score **{best.raw_score:.4f}** ({gen_label(best.generation)}, " \
@@ -257,11 +258,7 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
                   "| merge | " + " | ".join(_md_escape(k) for k in keys) + " | score |",
                   "|---|" + "---:|" * (len(keys) + 1)]
         for c in view.front:
-            res = c.results or {}
-            vals = [f"{res[k]:.4f}" if isinstance(res.get(k), (int, float)) else "-"
-                    for k in keys]
-            lines.append(f"| {gen_label(c.generation)} #{c.idx} | " + " | ".join(vals)
-                         + f" | {c.raw_score:.4f} |")
+            lines.append(f"| {gen_label(c.generation)} #{c.idx} | {_cells(c, keys)} |")
         lines.append("")
     lines += plots_markdown(plots, PLOTS)
 

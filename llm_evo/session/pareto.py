@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +31,10 @@ class ParetoHook(SearchHook):
 
     name = "pareto"
 
-    def __init__(self, config: RunConfig, storage: RunStorage, root: str | Path,
-                 echo: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: RunConfig, storage: RunStorage, root: str | Path) -> None:
         self.keys = objective_keys(config)
         self.storage = storage
         self.folder = Path(root) / "pareto"
-        self.echo = echo
 
     def after_generation(self, run_id: int, generation: int, strategy: Strategy) -> None:
         front = front_of(self.storage.candidates(run_id), self.keys)

@@ -51,6 +51,14 @@ class _StatePickler(pickle.Pickler):
         return (make, ()) if make is not None else NotImplemented
 
 
+def _quiet_optuna() -> Any:
+    """optuna, imported on first use, logging warnings only (not a line per trial)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
 def _dumps(value: Any) -> bytes:
     buffer = io.BytesIO()
     _StatePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
@@ -97,9 +105,7 @@ class OptunaStrategy(Strategy):
 
     def _get_study(self) -> Any:
         if self._study is None:
-            import optuna
-
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            optuna = _quiet_optuna()
             self._storage = optuna.storages.InMemoryStorage()
             self._study = optuna.create_study(
                 storage=self._storage, sampler=self.make_sampler(),
@@ -155,22 +161,21 @@ class OptunaStrategy(Strategy):
                 "optuna": base64.b64encode(blob).decode("ascii")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        import optuna
-
         if state.get("n_objectives", 1) != self.n_objectives:
             raise ValueError(f"the saved {self.name} state searches "
                              f"{state.get('n_objectives', 1)} objective(s), this run "
                              f"{self.n_objectives}")
         storage, sampler = pickle.loads(base64.b64decode(state["optuna"]))
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self._storage = storage
-        self._study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+        self._study = _quiet_optuna().load_study(study_name=STUDY_NAME, storage=storage,
+                                                 sampler=sampler)
         self.generation = state["generation"]
         self._pending, self._pending_x = state.get("pending"), state.get("pending_x")
 
 
 class TPE(OptunaStrategy):
-    """optuna's TPESampler (multivariate, grouped), random for the first generation."""
+    """optuna's TPESampler (multivariate, with a constant liar for the trials a generation
+    asks before any is told), random for the first generation."""
 
     name = "tpe"
 
