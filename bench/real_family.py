@@ -7,7 +7,7 @@
    the binomial standard error of that mean;
 3. per-candidate cost: in memory (from the cma search's ledger), on disk (a short random
    search), and by hand (`mergekit-yaml` + the `lm_eval` CLI), split into merge, evaluate
-   and the rest, with the peak RSS of the in-memory worker process, sampled every 0.2 s,
+   and the rest, with the peak RSS of the in-memory worker process (the kernel's VmHWM),
    against (input models + 1) x the model's fp32 size + 1 GB;
 4. kinship of the real fine-tunes (`llm-evo kinship-matrix`).
 
@@ -37,6 +37,7 @@ import yaml
 from _table import markdown_table  # bench/, the script's own folder
 
 REPO = Path(__file__).resolve().parent.parent
+SMOL_BATCH = yaml.safe_load((REPO / "configs/smol.yml").read_text())["evaluation"]["batch_size"]
 BIN = Path(sys.executable).parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -53,8 +54,21 @@ def build_family() -> dict:
     return family
 
 
+def _proc_status(pid: int) -> dict[str, int]:
+    """VmHWM (the kernel's exact peak RSS since the process started) and RssAnon, bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "RssAnon"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
 class RssSampler:
-    """Peak RSS of the Ray worker processes under a running `llm-evo run`."""
+    """Peak RSS of the Ray worker processes under a running `llm-evo run`: the kernel's own
+    high-water mark (VmHWM), read every 0.2 s, so a short peak between reads still counts;
+    the anonymous part is sampled."""
 
     def __init__(self, pid: int) -> None:
         import psutil
@@ -75,10 +89,10 @@ class RssSampler:
             for proc in procs:
                 try:
                     if "EvalWorker" in " ".join(proc.cmdline()):
-                        mem = proc.memory_info()
-                        self.peak = max(self.peak, mem.rss)
-                        self.peak_anon = max(self.peak_anon, mem.rss - mem.shared)
-                except psutil.Error:
+                        mem = _proc_status(proc.pid)
+                        self.peak = max(self.peak, mem["VmHWM"])
+                        self.peak_anon = max(self.peak_anon, mem["RssAnon"])
+                except (psutil.Error, OSError, KeyError):
                     continue
 
     def stop(self) -> tuple[int, int]:
@@ -88,10 +102,11 @@ class RssSampler:
 
 
 def run_search(name: str, storage: Path, strategy: str, evals: int, extra: list[str],
-               limit: int, batch_size: int) -> dict:
+               limit: int, batch_size: int | None) -> dict:
     cfg = yaml.safe_load((REPO / "configs/smol.yml").read_text())
     cfg["limit"] = limit
-    cfg["evaluation"]["batch_size"] = batch_size
+    if batch_size is not None:
+        cfg["evaluation"]["batch_size"] = batch_size
     config = storage.parent / f"{name}.yml"
     config.write_text(yaml.safe_dump(cfg))
     shutil.rmtree(storage, ignore_errors=True)
@@ -216,7 +231,8 @@ def main() -> None:
     ap.add_argument("--other-evals", type=int, default=16, help="budget of random and llm")
     ap.add_argument("--strategies", default="cma,random,llm")
     ap.add_argument("--limit", type=int, default=100, help="items per task")
-    ap.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="lm-eval batch size (default: configs/smol.yml's)")
     ap.add_argument("--disk", type=int, default=6, help="candidates of the on-disk run")
     ap.add_argument("--hand", type=int, default=2, help="candidates of the hand loop")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_smol")
@@ -268,7 +284,7 @@ def main() -> None:
                      *(f"{c[k] / 2**30:.2f}" if k in c else "-"
                        for k in ("peak_rss", "peak_anon"))])
     print(f"\nper-candidate cost ({len(tasks)} tasks x {args.limit} items, batch "
-          f"{args.batch_size}; RSS bound "
+          f"{args.batch_size or SMOL_BATCH}; RSS bound "
           f"(inputs + 1) x fp32 + 1 GB = {bound / 2**30:.2f} GiB):")
     print(fmt(["path", "s/cand", "merge", "evaluate", "other", "non-eval share",
                "peak worker RSS GiB", "of it anonymous GiB"], cost))

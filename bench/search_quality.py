@@ -15,7 +15,8 @@ Run from the repo root after `make models` (and `make smol-family` for smol):
 ``python bench/search_quality.py [--genomes tiny-easy,tiny-hard] [--strategies
 cma,random,tpe,gp,nsga2] [--seeds 5] [--budgets 16,32,48,96] [--limit 40] [--markdown]
 [--json F]``. The llm strategy (and llm-original, LLM-Evo-Merge's design: the LLM's
-mean for the whole generation, no trust region) needs a server: ``--local-llm`` starts
+mean for the whole generation, no trust region; and llm-blocks, EvoLLM's block-wise
+queries, one request per --block-rows rows) needs a server: ``--local-llm`` starts
 the local SmolLM2-135M llama.cpp server (`make demo`'s), or ``--llm-url URL --llm-model
 NAME`` names one.
 """
@@ -120,6 +121,8 @@ def main() -> None:
     ap.add_argument("--llm-model")
     ap.add_argument("--local-llm", action="store_true",
                     help="serve SmolLM2-135M with llama.cpp for the llm strategy")
+    ap.add_argument("--block-rows", type=int, default=2,
+                    help="llm-blocks: rows (layer groups) per block-wise query")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -153,9 +156,10 @@ def run(args: argparse.Namespace) -> None:
                 if sname.startswith("llm"):  # llm-original: LLM-Evo-Merge's design
                     from llm_evo.config import LLMConfig
 
-                    original = {"best_share": 0.0, "trust_region": False}
+                    variants = {"llm-original": {"best_share": 0.0, "trust_region": False},
+                                "llm-blocks": {"block_rows": args.block_rows}}
                     kw.update(base_url=args.llm_url, model=args.llm_model, api_key="none",
-                              llm=LLMConfig(**(original if sname == "llm-original" else {})))
+                              llm=LLMConfig(**variants.get(sname, {})))
                 strategy = make_strategy(sname.split("-")[0], genome.space, **kw)
                 strategy.start()
                 curve, results = search(strategy, genome, worker, max(budgets))

@@ -16,6 +16,23 @@ def family_dir(tiny_family: dict) -> Path:
         Path(__file__).resolve().parent.parent / "models" / "tiny")
 
 
+def shipped_config(name: str, tiny_family: dict, out: Path, search: dict | None = None
+                   ) -> Path:
+    """configs/`name` (a tiny-family config) with the family's paths made absolute and
+    `search` merged into its search section, written to `out`/`name`."""
+    root = family_dir(tiny_family)
+    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / name)
+                         .read_text())
+    g = cfg["genome"]
+    g["models"] = [str(root / Path(m).name) for m in g["models"]]
+    g["base_model"] = str(root / "base")
+    cfg["evaluation"]["task_search_path"] = [str(root / "tasks")]
+    cfg["search"].update(search or {})
+    path = out / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def write_config(tmp_path: Path, tiny_family: dict, *, method: str = "task_arithmetic",
                  strategy: str = "cma", population: int = 4, generations: int = 2,
                  limit: int | None = 40, extra: dict | None = None) -> Path:

@@ -14,7 +14,7 @@ import yaml
 from llm_evo.pareto import non_dominated
 from llm_evo.storage import RunStorage
 from tests.cli.helpers import cli
-from tests.e2e_helpers import family_dir
+from tests.e2e_helpers import shipped_config
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -23,15 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def pareto_run(tmp_path_factory, tiny_family):
     """configs/pareto.yml with the family's paths made absolute."""
-    root = family_dir(tiny_family)
-    cfg = yaml.safe_load((REPO / "configs/pareto.yml").read_text())
-    g = cfg["genome"]
-    g["models"] = [str(root / Path(m).name) for m in g["models"]]
-    g["base_model"] = str(root / "base")
-    cfg["evaluation"]["task_search_path"] = [str(root / "tasks")]
     tmp = tmp_path_factory.mktemp("pareto")
-    config = tmp / "pareto.yml"
-    config.write_text(yaml.safe_dump(cfg))
+    config = shipped_config("pareto.yml", tiny_family, tmp)
     storage = tmp / "run"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage), "--quiet",
                "--no-save-final-model")

@@ -50,6 +50,11 @@ def validate(config_path: str, task_search_path: tuple[str, ...], trust_remote_c
         click.echo(f"  [{axis.index:3d}] {axis.label}  {where} [{axis.low:g}, {axis.high:g}]"
                    + ("" if axis.bounded else ", unbounded"))
     _echo_tasks(config)
+    screening = config.evaluation.screening
+    if screening is not None:
+        click.echo(f"screening: {screening.anchors} {screening.anchor_method} anchor item(s) "
+                   f"per task first; the best {screening.promote:g} of each generation "
+                   "scored on every item")
 
 
 def _check_tasks(config: ScoringConfig, paths: list[str]) -> None:

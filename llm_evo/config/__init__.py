@@ -9,6 +9,7 @@ from llm_evo.config.base import (
     EvaluationConfig,
     Frozen,
     ScoringConfig,
+    ScreeningConfig,
     TaskConfig,
     apply_overrides,
     config_diff,
@@ -39,7 +40,8 @@ from llm_evo.config.run import (
 
 __all__ = [
     "METHODS_NEEDING_BASE", "EvaluationConfig", "Frozen", "GenomeConfig", "KinshipConfig",
-    "LLMConfig", "PoolConfig", "PoolSection", "RunConfig", "ScoringConfig", "SearchConfig",
+    "LLMConfig", "PoolConfig", "PoolSection", "RunConfig", "ScoringConfig", "ScreeningConfig",
+    "SearchConfig",
     "TaskConfig", "WandbConfig", "apply_overrides", "config_diff", "format_diff",
     "format_validation_error", "is_pool_config", "load_config", "load_pool_config",
     "parse_config", "parse_pool_config", "read_yaml", "resume_diff", "with_overrides",

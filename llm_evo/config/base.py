@@ -47,6 +47,18 @@ class TaskConfig(Frozen):
         return {"name": value} if isinstance(value, str) else value
 
 
+class ScreeningConfig(Frozen):
+    """Score each candidate on `anchors` items per task first; only the best `promote`
+    share of a generation (by estimate) is scored on the rest (docs/screening.md).
+    `anchor_method`: `irt` (anchors and estimates from a 2PL item response model fitted on
+    every fully scored model so far) or `random` (seeded anchors, estimated by their mean).
+    """
+
+    anchors: int = Field(default=10, ge=1)
+    promote: float = Field(default=0.25, gt=0, le=1)
+    anchor_method: Literal["irt", "random"] = "irt"
+
+
 class EvaluationConfig(Frozen):
     """How candidates are scored (see docs/performance.md, "Evaluation throughput").
 
@@ -72,6 +84,7 @@ class EvaluationConfig(Frozen):
     input_cache: Literal["auto", "cpu"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
     gpus_per_worker: int = Field(default=1, ge=1)
+    screening: ScreeningConfig | None = None
 
 
 class ScoringConfig(Frozen):

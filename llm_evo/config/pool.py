@@ -77,6 +77,8 @@ class PoolConfig(ScoringConfig):
         # the in-memory backend, which never writes a merge, does not fit.
         if self.evaluation.in_memory:
             raise ValueError("evaluation.in_memory is not supported by llm-evo pool")
+        if self.evaluation.screening is not None:
+            raise ValueError("evaluation.screening is for llm-evo run's searches, not pool")
         return self
 
     @classmethod

@@ -125,6 +125,10 @@ class LLMConfig(Frozen):
     # trust_region: false is LLM-Evo-Merge's design (the LLM's mean replaces everything).
     best_share: float = Field(default=0.5, ge=0, le=1)
     trust_region: bool = True
+    # EvoLLM's block-wise queries for large genomes: one request per block of this many
+    # rows (layer groups), each showing only its block's genes; the rest of the mean is
+    # the best genome's. None: the whole genome in one request.
+    block_rows: int | None = Field(default=None, ge=1)
     backoff_retries: int = Field(default=4, ge=0)
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=60.0, gt=0)
@@ -203,6 +207,10 @@ class RunConfig(ScoringConfig):
         if self.search.objective == "pareto" and len(self.tasks) < 2:
             raise ValueError(f"search.objective: pareto needs at least two tasks (one "
                              f"objective each), and tasks lists {len(self.tasks)}")
+        if self.evaluation.screening is not None and not self.search.evaluate_parents:
+            raise ValueError("evaluation.screening needs search.evaluate_parents: true (the "
+                             "parents, fully scored, are the first models its estimates "
+                             "learn from)")
         return self
 
     def identity(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from llm_evo.evaluation.harness import Scored
 from llm_evo.evaluation.jobs import Job, WorkerSpec
 
 JobKey = tuple
@@ -156,8 +157,8 @@ class DiskBackend(_Backend):
             model_args["tokenizer"] = path
         return HFLM(**model_args)
 
-    def score(self) -> dict:
-        return self.harness.run(self._lm)
+    def score(self, samples: dict[str, list[int]] | None = None) -> Scored:
+        return self.harness.run(self._lm, samples)
 
     def release(self, staged: Staged | None) -> None:
         lm, self._lm = self._lm, None
@@ -247,15 +248,21 @@ class InMemoryBackend(_Backend):
             return staged, None, t_init + self.resident.write(staged.tensors)
         started = time.perf_counter()
         t_copy = self.resident.write(self.merger.tensors(config))
+        from llm_evo.evaluation.in_memory import trim_heap
+
+        trim_heap()
         t_merge = time.perf_counter() - started - t_copy
         return Staged(job_key(job), t_merge), t_merge, t_init + t_copy
 
-    def score(self) -> dict:
-        return self.harness.run(self.resident.lm)
+    def score(self, samples: dict[str, list[int]] | None = None) -> Scored:
+        return self.harness.run(self.resident.lm, samples)
 
     def release(self, staged: Staged | None) -> None:
         if staged is not None:
             staged.tensors = None
+        from llm_evo.evaluation.in_memory import trim_heap
+
+        trim_heap()
 
     def discard(self, staged: Staged) -> None:
         staged.tensors = None

@@ -10,9 +10,46 @@ few-shot examples as `simple_evaluate` would have shown it.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
-from llm_evo.evaluation.jobs import WorkerSpec
+from llm_evo.evaluation.jobs import TaskSpec, WorkerSpec
+
+
+@dataclass
+class Scored:
+    """lm-eval's per-task results, and each scored item's metric value per `task/metric`:
+    {"ids": lm-eval doc ids, "values": the metric per doc}, for metrics that are per item
+    (acc, acc_norm, exact_match; a corpus-level metric such as BLEU has no items)."""
+
+    results: dict[str, dict[str, Any]]
+    items: dict[str, dict[str, list]] = field(default_factory=dict)
+
+
+def items_of(samples: dict[str, list[dict]], tasks: tuple[TaskSpec, ...]
+             ) -> dict[str, dict[str, list]]:
+    """Per-item values of each task's scored metric, from lm-eval's logged samples."""
+    out: dict[str, dict[str, list]] = {}
+    for task in tasks:
+        name, _, filter_key = task.metric.partition(",")
+        ids, values = [], []
+        for sample in samples.get(task.name, ()):
+            if sample.get("filter", "none") != (filter_key or "none"):
+                continue
+            value = sample.get(name)
+            if isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                ids = []  # not a per-item number: this metric has no items
+                break
+            ids.append(int(sample["doc_id"]))
+            values.append(float(value))
+        if ids:
+            order = sorted(range(len(ids)), key=ids.__getitem__)
+            out[f"{task.name}/{task.metric}"] = {"ids": [ids[i] for i in order],
+                                                 "values": [values[i] for i in order]}
+    return out
 
 
 def fixed_subset(spec: WorkerSpec, tasks: dict[str, Any]) -> dict[str, list[int]] | None:
@@ -51,8 +88,10 @@ class Harness:
                 task.set_config(key="num_fewshot", value=0)
         self.samples = fixed_subset(spec, self.tasks)
 
-    def run(self, lm: Any) -> dict[str, dict[str, Any]]:
-        """lm-eval's per-task results for the model behind `lm`."""
+    def run(self, lm: Any, samples: dict[str, list[int]] | None = None) -> Scored:
+        """lm-eval's per-task results, and per-item values, for the model behind `lm`;
+        `samples` (doc ids per task: screening's anchors, or the rest) replaces the run's
+        subset."""
         from lm_eval.evaluator import evaluate
 
         self._reseed()
@@ -60,16 +99,16 @@ class Harness:
         out = evaluate(
             lm=lm,
             task_dict=self.loaded,
-            limit=None if self.samples else self.spec.limit,
-            samples=self.samples,
+            limit=None if (samples or self.samples) else self.spec.limit,
+            samples=samples or self.samples,
             bootstrap_iters=0,
-            log_samples=False,
+            log_samples=True,  # per-item results for the ledger (cheap next to scoring)
             apply_chat_template=chat,
             fewshot_as_multiturn=self.spec.fewshot_as_multiturn and chat,
         )
         if not out or "results" not in out:
             raise RuntimeError("lm-eval returned no results")
-        return out["results"]
+        return Scored(out["results"], items_of(out.get("samples") or {}, self.spec.tasks))
 
     def _reseed(self) -> None:
         """What simple_evaluate seeds on each call, so reuse changes nothing."""

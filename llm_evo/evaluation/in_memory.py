@@ -11,7 +11,8 @@ every architecture mergekit knows, with no hard-coded q/k/v.
 
 Input tensors are read from disk once per worker and kept (on the GPU while memory
 allows, else on the CPU); each candidate then costs only its arithmetic and one copy per
-parameter into the resident model.
+parameter into the resident model. Large tensors of elementwise methods are merged a block
+of rows at a time (row_blocks.py), so a merge's transient memory stays small.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from llm_evo.evaluation.row_blocks import BLOCK_BYTES, row_blocked_inputs, row_blocks
 
 GIB = 1024**3
 
@@ -34,6 +37,7 @@ class MergedTensor:
     names: tuple[str, ...]
     optional: bool
     tensor: Any  # torch.Tensor | None
+    rows: tuple[int, int] | None = None  # a block of rows of the tensor, not all of it
 
 
 class InputCache:
@@ -87,15 +91,16 @@ class InputCache:
 class InMemoryMerger:
     """Turns a mergekit config into merged tensors with mergekit's planner and executor."""
 
-    def __init__(self, options: Any, math_device: str, cache: InputCache):
+    def __init__(self, options: Any, math_device: str, cache: InputCache,
+                 block_bytes: int = BLOCK_BYTES):
         self.options = options
+        self.block_bytes = block_bytes
         self.math_device = math_device
         self.cache = cache
         self._configs: dict[Any, Any] = {}
 
     def tensors(self, merge_config: dict[str, Any]) -> Iterator[MergedTensor]:
         """Merged tensors one by one, as the executor produces them (nothing kept after)."""
-        from mergekit.common import dtype_from_name
         from mergekit.graph import Executor, TaskUniverse
         from mergekit.io.tasks import LoadTensor
 
@@ -104,6 +109,19 @@ class InMemoryMerger:
             from transformers.trainer_utils import set_seed
 
             set_seed(self.options.random_seed)
+        whole = []
+        for save in saves:
+            values = row_blocked_inputs(save.tensor_task, self.cache.get, self.block_bytes)
+            if values is None:
+                whole.append(save)
+                continue
+            for r0, r1, block in row_blocks(save.tensor_task, values, self.math_device,
+                                            self.block_bytes):
+                yield MergedTensor(save.tensor_name, _names(save), save.optional,
+                                   _cast(block, save.dtype), rows=(r0, r1))
+        saves = whole
+        if not saves:
+            return
         targets = [s.tensor_task for s in saves]
         universe = TaskUniverse(targets)
         handles = [universe.add_task(t) for t in targets]
@@ -119,12 +137,8 @@ class InMemoryMerger:
                             storage_device=self.math_device, cached_values=cached)
         for task, value in executor.run(quiet=True):
             for save in by_task.get(id(task), ()):
-                tensor = value
-                if tensor is not None and save.dtype:
-                    dtype = dtype_from_name(save.dtype)
-                    if tensor.dtype != dtype:
-                        tensor = tensor.to(dtype)
-                yield MergedTensor(save.tensor_name, _names(save), save.optional, tensor)
+                yield MergedTensor(save.tensor_name, _names(save), save.optional,
+                                   _cast(value, save.dtype))
 
     def staged(self, merge_config: dict[str, Any], device: str | None = None
                ) -> list[MergedTensor]:
@@ -161,6 +175,37 @@ class InMemoryMerger:
         # os.devnull: the writer task is never run; if it ever were, it would fail loudly.
         planned = planner.plan_to_disk(out_path=os.devnull)
         return [t for t in planned if isinstance(t, SaveTensor)]
+
+
+def _cast(tensor: Any, dtype: str | None) -> Any:
+    """A merged tensor in the dtype its SaveTensor asks for (what mergekit would write)."""
+    if tensor is None or not dtype:
+        return tensor
+    from mergekit.common import dtype_from_name
+
+    target = dtype_from_name(dtype)
+    return tensor if tensor.dtype == target else tensor.to(target)
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the kernel (glibc `malloc_trim`), once a merge or an
+    evaluation has freed its temporaries. glibc keeps freed blocks of up to 32 MiB in the
+    heap for reuse, and an in-memory worker's resident set grew by ~0.1 GiB over its first
+    candidates that way (bench/worker_memory.py), which issue #15's memory bound does not
+    leave room for. A no-op where the C library is not glibc."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC(0)
+
+
+_LIBC: Any = None
 
 
 def _fits_on_gpu(tensor: Any, headroom: int = 2 * GIB) -> bool:
@@ -237,7 +282,7 @@ class ResidentHF:
         """
         import torch
 
-        written: set[int] = set()
+        written: dict[int, set[tuple[int, int]]] = {}  # row ranges of each parameter
         t_copy = 0.0
         with torch.no_grad():
             for item in items:
@@ -251,24 +296,30 @@ class ResidentHF:
                         continue
                     raise RuntimeError(f"merged tensor {item.name} has no counterpart in the "
                                        f"resident model (loaded from {self.donor})")
-                if tuple(target.shape) != tuple(item.tensor.shape):
+                part = target if item.rows is None else target[item.rows[0]:item.rows[1]]
+                if tuple(part.shape) != tuple(item.tensor.shape):
                     raise RuntimeError(
                         f"merged tensor {item.name} has shape {tuple(item.tensor.shape)}, the "
-                        f"resident model's is {tuple(target.shape)}")
+                        f"resident model's is {tuple(part.shape)}")
                 t0 = clock()
-                target.copy_(item.tensor)
+                part.copy_(item.tensor)
                 t_copy += clock() - t0
-                written.add(id(target))
+                written.setdefault(id(target), set()).add(item.rows or (0, _rows(target)))
             if self.device.startswith("cuda"):
                 t0 = clock()
                 torch.cuda.synchronize()
                 t_copy += clock() - t0
-        missing = [n for n, p in self.required.items() if id(p) not in written]
+        missing = [n for n, p in self.required.items()
+                   if sum(r1 - r0 for r0, r1 in written.get(id(p), ())) < _rows(p)]
         if missing:
             raise RuntimeError(
                 f"the merge left {len(missing)} parameter(s) of the resident model unset "
                 f"(first: {missing[0]}); this model cannot be evaluated in memory")
         return t_copy
+
+
+def _rows(tensor: Any) -> int:
+    return tensor.shape[0] if tensor.ndim else 1
 
 
 MEMO_MAX = 200_000  # tokenised (context, continuation) pairs kept per resident model

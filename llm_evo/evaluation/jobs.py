@@ -64,6 +64,8 @@ class Job:
     # Merge into this folder and keep it (a pool member, merged on the worker that scores
     # it); without it a merge goes to a scratch folder that is deleted after scoring.
     out_path: str | None = None
+    # Score only these lm-eval doc ids per task (screening: anchors first, then the rest).
+    samples: dict[str, list[int]] | None = None
 
 
 @dataclass
@@ -83,3 +85,5 @@ class JobResult:
     # than t_merge when the merge ran in the background (buffered scheduling).
     t_load: float | None = None
     t_merge_wait: float | None = None
+    # Per item: {"task/metric": {"ids": lm-eval doc ids, "values": the metric per doc}}.
+    items: dict[str, dict[str, list]] | None = None

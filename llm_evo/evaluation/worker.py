@@ -178,14 +178,15 @@ class EvalWorker:
                 self._start_prefetch(prefetch)
                 prefetch = None
             t0 = time.perf_counter()
-            results = self.backend.score()
+            scored = self.backend.score(job.samples)
             t_eval = time.perf_counter() - t0
-            score, per_task = weighted_score(results, self.spec.tasks)
+            score, per_task = weighted_score(scored.results, self.spec.tasks)
         finally:
             self.backend.release(staged)
             if prefetch is not None:
                 self._start_prefetch(prefetch)
         return JobResult(job.generation, job.idx, "ok", score=score, results=per_task,
+                         items=scored.items or None,
                          t_merge=timing.get("t_merge"), t_eval=t_eval,
                          t_total=time.perf_counter() - started, worker=self.worker_id,
                          t_load=t_load, t_merge_wait=timing.get("t_merge_wait"))

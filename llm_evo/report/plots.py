@@ -129,7 +129,7 @@ def plot_scores(view: RunView, path: Path) -> Path:
     for i, p in enumerate(parents):
         ax.axhline(p.raw_score, ls="--", lw=1.2, color=PARENT_COLORS[i % len(PARENT_COLORS)],
                    label=f"parent {p.label or p.idx} ({p.raw_score:.3f})", zorder=2)
-    failed = [c for c in view.candidates if c.status != "ok"]
+    failed = [c for c in view.candidates if c.status == "failed"]
     if failed:
         lo, _ = ax.get_ylim() if (ok or parents) else (0.0, 1.0)
         ax.scatter([c.generation + 1 for c in failed], [lo] * len(failed), marker="x",
@@ -293,7 +293,7 @@ def plot_times(view: RunView, path: Path) -> Path:
             start = pos
             for r in recs:
                 xs.append(pos)
-                if r.status != "ok":
+                if r.status == "failed":
                     failed_x.append(pos)
                 pos += 1.0
             centers.append((g, (start + pos - 1.0) / 2))

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from llm_evo.config import RunConfig
 from llm_evo.errors import ConfigError, InvalidGenotypeError
 from llm_evo.genome import METHOD_PARAMS, Genome
+from llm_evo.report.items import agreement_markdown
 from llm_evo.report.plots import (
     PLOTS,
     Report,
@@ -49,6 +50,7 @@ class RunView:
     genome: Genome | None = None
     notes: list[str] = field(default_factory=list)
     front: list[CandidateRecord] = field(default_factory=list)  # the ledger's Pareto front
+    items: dict[tuple[int, int], dict[str, dict[str, list]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> list[CandidateRecord]:
@@ -89,6 +91,7 @@ def load_run(storage: RunStorage, run_id: int | None = None) -> RunView:
         candidates=storage.candidates(run_id, kind="candidate"),
         events=storage.events(run_id),
         front=storage.front(run_id),
+        items=storage.items(run_id),
     )
     try:
         view.config = RunConfig.model_validate_json(_config_json(storage, run_id))
@@ -188,7 +191,8 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
     """The run at a glance: status, counts, best vs parents, best merge config, plots."""
     info, cfg = view.info, view.config
     best = view.best
-    n_failed = sum(c.status != "ok" for c in view.candidates)
+    n_failed = sum(c.status == "failed" for c in view.candidates)
+    n_screened = sum(c.status == "estimated" for c in view.candidates)
     lines = [f"# llm-evo report: run {view.run_id}", ""]
     rows = [
         ("storage", f"`{view.storage_path}`"),
@@ -214,7 +218,10 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
         rows.append(("merge", merge))
         rows.append(("tasks", ", ".join(f"{t.name} ({t.metric} x {t.weight:g})"
                                          for t in cfg.tasks)))
-    rows.append(("evaluations", f"{len(view.candidates)} candidates ({n_failed} failed), "
+    screened = (f", {n_screened} screened out (anchor items only, score estimated)"
+                if n_screened else "")
+    rows.append(("evaluations", f"{len(view.candidates)} candidates ({n_failed} failed"
+                                f"{screened}), "
                                 f"{len(view.parents)} parents"))
     exchanges, fallbacks = view.events_of("llm_exchange"), view.events_of("llm_fallback")
     if exchanges or fallbacks:
@@ -245,6 +252,7 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
             verdict += (f" {word} the best parent, {top.label or top.idx} "
                         f"({top.raw_score:.4f}), by {diff:+.4f}")
         lines += [verdict + ".", ""]
+        lines += agreement_markdown(best, view.parents, view.items)
         lines += ["## Best merge config", ""]
         if best.merge_config:
             lines += ["```yaml", best.merge_config.rstrip(), "```", ""]
@@ -262,7 +270,7 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
         lines.append("")
     lines += plots_markdown(plots, PLOTS)
 
-    failed = [c for c in view.candidates if c.status != "ok"]
+    failed = [c for c in view.candidates if c.status == "failed"]
     if failed:
         lines += ["## Failures", ""]
         for c in failed[:10]:

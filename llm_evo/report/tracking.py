@@ -59,7 +59,8 @@ def generation_metrics(storage: RunStorage, run_id: int, generation: int) -> dic
     Keys: score/best_so_far (raw task score, as `best_config.yaml` is chosen),
     score/generation_best, score/mean, score/std (the fitness the strategy was told, i.e.
     after any kinship penalty), metrics/<task>/<metric>/{mean,min,max}, candidates/evaluated,
-    candidates/failed, kinship/{mean,min} when a `kinship_diversity` event exists,
+    candidates/failed, screening/{fully_scored,estimated,estimate_max} in a screened run,
+    kinship/{mean,min} when a `kinship_diversity` event exists,
     strategy/sigma when a `sigma` event exists, and mergekit-evolve's own keys
     (`mergekit_evolve_metrics`).
     """
@@ -70,8 +71,16 @@ def generation_metrics(storage: RunStorage, run_id: int, generation: int) -> dic
     stats = _metric_stats(ok)
     out: dict[str, Any] = {
         "candidates/evaluated": len(gen),
-        "candidates/failed": len(gen) - len(ok),
+        "candidates/failed": sum(c.status == "failed" for c in gen),
     }
+    estimated = [c for c in gen if c.status == "estimated"]
+    if estimated or any(e.get("generation") == generation
+                        for e in storage.events(run_id, kind="screening")):
+        # evaluation.screening: only `ok` candidates were fully scored; the rest are estimates
+        out["screening/fully_scored"] = len(ok)
+        out["screening/estimated"] = len(estimated)
+        if estimated:
+            out["screening/estimate_max"] = max(c.raw_score for c in estimated)
     if upto:
         out["score/best_so_far"] = max(c.raw_score for c in upto)
     if ok:

@@ -143,7 +143,7 @@ class SearchLoop:
             best=self.storage.best(run_id),
             parents=self.storage.candidates(run_id, kind="parent"),
             evaluations=len(cands),
-            failed=sum(c.status != "ok" for c in cands),
+            failed=sum(c.status == "failed" for c in cands),
             elapsed=time.perf_counter() - started,
             best_config_path=self._best_config_path(),
             final_model_path=final_path,
@@ -246,7 +246,8 @@ class SearchLoop:
         for idx, genotype in enumerate(genotypes):
             prior = recorded.get(idx)
             # Exact: the "asked" checkpoint restores the very genotypes, bit for bit.
-            if prior is not None and prior.genotype == genotype.tolist():
+            if prior is not None and prior.genotype == genotype.tolist() \
+                    and prior.status != "estimated":
                 scores[idx] = prior.score if prior.status == "ok" else None  # penalised
                 objectives[idx] = objective_vector(prior.results, self.objective_keys)
                 progress.update(scores[idx], best=self._best_score())
@@ -273,7 +274,13 @@ class SearchLoop:
                 self._maybe_new_best(rec)
             progress.update(res.score if res.status == "ok" else None, best=self._best_score())
 
-        workers.run(jobs, on_result)
+        if self.config.evaluation.screening is None:
+            workers.run(jobs, on_result)
+        else:
+            from llm_evo.session.screening import run_screened
+
+            run_screened(self, gen, jobs, genotypes, configs, values, scores, objectives,
+                         workers, progress)
         progress.close()
         if self.config.search.objective == "pareto":
             strategy.tell(genotypes, scores, objectives=objectives)
@@ -380,4 +387,5 @@ def _record(res: JobResult, job: Job | None, genotype: np.ndarray | None,
         t_eval=res.t_eval,
         t_total=res.t_total,
         worker=res.worker,
+        items=res.items,
     )

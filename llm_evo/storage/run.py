@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     created REAL NOT NULL,
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS items (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    generation INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    doc_ids BLOB NOT NULL,
+    item_values BLOB NOT NULL,
+    PRIMARY KEY (run_id, generation, idx, task)
+);
 CREATE TABLE IF NOT EXISTS pareto (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     generation INTEGER NOT NULL,
@@ -85,6 +95,9 @@ class CandidateRecord:
     worker: str | None = None
     raw_score: float | None = None
     kinship: float | None = None
+    # {"task/metric": {"ids": [...], "values": [...]}}: written with the record, read back
+    # with `RunStorage.items` (not by `candidates`, which stays light).
+    items: dict[str, dict[str, list]] | None = None
 
 
 class RunStorage(Ledger):
@@ -128,22 +141,49 @@ class RunStorage(Ledger):
 
     # ---- candidates ------------------------------------------------------------------------
     def record(self, run_id: int, rec: CandidateRecord) -> None:
-        """Write one finished evaluation in its own transaction (idempotent per slot)."""
-        self._tx(
-            "INSERT OR REPLACE INTO candidates (run_id, generation, idx, kind, label, "
-            "genotype_json, merge_config, results_json, score, raw_score, kinship, status, "
-            "error, t_merge, t_eval, t_total, worker, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                run_id, rec.generation, rec.idx, rec.kind, rec.label,
-                json.dumps(rec.genotype) if rec.genotype is not None else None,
-                rec.merge_config,
-                json.dumps(rec.results) if rec.results is not None else None,
-                rec.score, rec.raw_score if rec.raw_score is not None else rec.score,
-                rec.kinship, rec.status, rec.error, rec.t_merge, rec.t_eval, rec.t_total,
-                rec.worker, time.time(),
-            ),
-        )
+        """Write one finished evaluation, its per-item results included, in one transaction
+        (idempotent per slot)."""
+        slot = (run_id, rec.generation, rec.idx)
+        with self.conn:  # autocommit connection: BEGIN makes the statements one commit
+            self.conn.execute("BEGIN")
+            self.conn.execute(
+                "INSERT OR REPLACE INTO candidates (run_id, generation, idx, kind, label, "
+                "genotype_json, merge_config, results_json, score, raw_score, kinship, "
+                "status, error, t_merge, t_eval, t_total, worker, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *slot, rec.kind, rec.label,
+                    json.dumps(rec.genotype) if rec.genotype is not None else None,
+                    rec.merge_config,
+                    json.dumps(rec.results) if rec.results is not None else None,
+                    rec.score, rec.raw_score if rec.raw_score is not None else rec.score,
+                    rec.kinship, rec.status, rec.error, rec.t_merge, rec.t_eval, rec.t_total,
+                    rec.worker, time.time(),
+                ),
+            )
+            self.conn.execute("DELETE FROM items WHERE run_id = ? AND generation = ? "
+                              "AND idx = ?", slot)
+            self.conn.executemany(
+                "INSERT INTO items (run_id, generation, idx, task, doc_ids, item_values) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(*slot, task, array("q", v["ids"]).tobytes(),
+                  array("d", v["values"]).tobytes())
+                 for task, v in (rec.items or {}).items()])
+
+    def items(self, run_id: int, task: str | None = None
+              ) -> dict[tuple[int, int], dict[str, dict[str, list]]]:
+        """Per-item results by (generation, idx): {"task/metric": {"ids", "values"}}, each
+        stored as packed int64 ids and float64 values (about 1.6 KB per 100 items)."""
+        sql = "SELECT generation, idx, task, doc_ids, item_values FROM items WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if task is not None:
+            sql += " AND task = ?"
+            params.append(task)
+        out: dict[tuple[int, int], dict[str, dict[str, list]]] = {}
+        for g, i, name, ids, values in self.conn.execute(sql, params):
+            out.setdefault((g, i), {})[name] = {"ids": array("q", ids).tolist(),
+                                                "values": array("d", values).tolist()}
+        return out
 
     def candidates(self, run_id: int, generation: int | None = None,
                    kind: str | None = None) -> list[CandidateRecord]:

@@ -97,3 +97,16 @@ def test_unknown_metric_fails_the_candidate(tiny_family, tmp_path):
                       limit=5)
     res = EvalWorker(spec).evaluate(Job(-1, 0, model_path=str(root / "base")))
     assert res.status == "failed" and "f1,none" in res.error
+
+
+def test_every_scored_item_is_kept_and_adds_up_to_the_metric(worker, tiny_family):
+    """Per-item results (issue #17): each task's scored items, by lm-eval doc id, whose mean
+    is the task's metric."""
+    root = family_dir(tiny_family)
+    res = worker.evaluate(Job(-1, 1, model_path=str(root / "ft_category"), kind="parent"))
+    assert res.status == "ok", res.error
+    assert set(res.items) == set(res.results)
+    for key, items in res.items.items():
+        assert items["ids"] == list(range(30))  # limit 30, no shuffle: lm-eval's first 30
+        assert set(items["values"]) <= {0.0, 1.0}
+        assert sum(items["values"]) / 30 == pytest.approx(res.results[key])

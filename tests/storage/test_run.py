@@ -55,3 +55,22 @@ def test_events_and_checkpoints(tmp_path):
     assert s.latest_checkpoint(run) == (1, "told", {"a": 3})
     s.set_status(run, "finished")
     assert s.runs()[0]["status"] == "finished"
+
+
+def test_per_item_results_round_trip_and_follow_their_slot(tmp_path):
+    from dataclasses import replace
+
+    s = RunStorage(tmp_path)
+    run = s.create_run("{}", "abc", 1, {})
+    items = {"a/acc,none": {"ids": [3, 7, 2**40], "values": [1.0, 0.0, 0.25]},
+             "b/exact_match,strict": {"ids": [0], "values": [1.0]}}
+    s.record(run, replace(rec(0, 0, 0.5), items=items))
+    s.record(run, rec(0, 1, 0.4))  # a record without items has none
+    s.close()
+    again = RunStorage(tmp_path)
+    assert again.items(run) == {(0, 0): items}
+    assert again.items(run, task="b/exact_match,strict") == {(0, 0): {
+        "b/exact_match,strict": items["b/exact_match,strict"]}}
+    # a slot written again (a resumed generation) replaces its items, never adds to them
+    again.record(run, replace(rec(0, 0, 0.6), items={"a/acc,none": {"ids": [1], "values": [0.0]}}))
+    assert again.items(run) == {(0, 0): {"a/acc,none": {"ids": [1], "values": [0.0]}}}

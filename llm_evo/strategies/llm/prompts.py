@@ -40,6 +40,7 @@ class Layout:
     space: SearchSpace
     rows: int
     cols: int
+    blocked: bool = False  # a block of rows of a larger grid (EvoLLM's block-wise queries)
 
     @classmethod
     def from_space(cls, space: SearchSpace) -> Layout:
@@ -53,6 +54,18 @@ class Layout:
             if all(a.layer_group == groups[i // cols] for i, a in enumerate(space.axes)):
                 return cls(space, rows, cols)
         return cls(space, 1, n)
+
+    def blocks(self, block_rows: int | None) -> list[tuple[int, int]]:
+        """[first, end) row ranges of at most `block_rows` rows each (one block: None)."""
+        step = block_rows or self.rows
+        return [(r, min(self.rows, r + step)) for r in range(0, self.rows, step)]
+
+    def block(self, first: int, end: int) -> Layout:
+        """Rows first..end-1 as a grid of their own, for one block-wise query."""
+        a, b = first * self.cols, end * self.cols
+        sub = SearchSpace(self.space.axes[a:b], self.space.lower[a:b],
+                          self.space.upper[a:b], self.space.initial[a:b])
+        return Layout(sub, end - first, self.cols, blocked=True)
 
     @property
     def _span(self) -> np.ndarray:
@@ -80,7 +93,8 @@ class Layout:
         lines = []
         for r in range(self.rows):
             axis = self.space.axes[r * self.cols]
-            what = f"layers {axis.layers[0]}-{axis.layers[1] - 1}" if self.rows > 1 else "all"
+            what = (f"layers {axis.layers[0]}-{axis.layers[1] - 1}"
+                    if self.rows > 1 or self.blocked else "all")
             lines.append(f"  row {r}: {what}")
         return "\n".join(lines)
 
@@ -90,7 +104,7 @@ class Layout:
             axis = self.space.axes[c]
             parts = [axis.model] if axis.model is not None else []
             parts += [axis.filter or "all other tensors", axis.param]
-            if self.rows == 1:
+            if self.rows == 1 and not self.blocked:
                 parts.insert(0, f"layers {axis.layers[0]}-{axis.layers[1] - 1}")
             lines.append(
                 f"  column {c}: {' / '.join(parts)}"

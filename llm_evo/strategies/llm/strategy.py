@@ -248,26 +248,66 @@ class LLMStrategy(Strategy):
         return messages
 
     def _propose_mean(self) -> np.ndarray:
-        """The model's mean genome, or the best genome so far when it cannot give one."""
+        """The model's mean genome, or the best genome so far when it cannot give one.
+
+        With `llm.block_rows`, one request per block of rows (EvoLLM's block-wise queries):
+        each shows only its block's genes of the top-k genomes and answers only for them; a
+        block the model cannot answer keeps the best genome's genes.
+        """
         examples = [(g, f) for g, f in reversed(self.archive)]  # worst to best
+        blocks = self.layout.blocks(self.cfg.block_rows)
+        if len(blocks) == 1:
+            values, reason, detail = self._ask_model(self.layout, examples, self.system_prompt,
+                                                     self.schema, history=True)
+            if values is None:
+                return self._fallback(reason, detail)
+            mean = self.layout.from_scale(values)
+        else:
+            mean = (self.best_genotype if self.best_genotype is not None
+                    else self.space.initial).copy()
+            answered = 0
+            for first, end in blocks:
+                sub = self.layout.block(first, end)
+                a, b = first * self.layout.cols, end * self.layout.cols
+                values, reason, detail = self._ask_model(
+                    sub, [(g[a:b], f) for g, f in examples],
+                    self.templates.render_system(sub, self.cfg.thought_max_chars),
+                    sub.schema(self.cfg.thought_max_chars), history=False)
+                if values is None:
+                    self.emit("llm_fallback", reason=reason, detail=detail,
+                              mean_source="best", rows=[first, end])
+                    continue
+                mean[a:b] = sub.from_scale(values)
+                answered += 1
+            if not answered:
+                return self._fallback("no_block_answered",
+                                      f"none of {len(blocks)} block(s) got a usable answer")
+        self.emit("llm_mean", source="llm", genotype=mean.tolist(),
+                  mean_genome=self.layout.grid(mean))
+        return mean
+
+    def _ask_model(self, layout: Layout, examples: list[tuple[np.ndarray, float]],
+                   system: str, schema: dict[str, Any], history: bool
+                   ) -> tuple[np.ndarray | None, str, str]:
+        """(genes on the 0..100 scale, "", "") from one request and its retries, or
+        (None, reason, detail) when there is no usable answer."""
         user = self.templates.render_user(
-            self.layout, self.cfg.thought_max_chars, self.generation, self.best_fitness, examples
+            layout, self.cfg.thought_max_chars, self.generation, self.best_fitness, examples
         )
-        messages = self._messages(user)
+        messages = self._messages(user) if history else [
+            {"role": "system", "content": system}, {"role": "user", "content": user}]
         tries = self.cfg.max_retries + 1
         last_error = ""
         for attempt in range(1, tries + 1):
             try:
-                completion = self.client.complete(messages, self.schema)
+                completion = self.client.complete(messages, schema)
             except LLMCallError as exc:
                 self._exchange(messages[-1]["content"], None, None, attempt, exc.detail,
                                outcome=exc.reason)
-                return self._fallback(exc.reason, exc.detail)
+                return None, exc.reason, exc.detail
             try:
-                thought, values = parse_answer(
-                    completion.text, self.layout.rows, self.layout.cols,
-                    self.layout.gene_labels(),
-                )
+                thought, values = parse_answer(completion.text, layout.rows, layout.cols,
+                                               layout.gene_labels())
             except AnswerError as exc:
                 last_error = str(exc)
                 if completion.finish_reason == "length":
@@ -280,28 +320,24 @@ class LLMStrategy(Strategy):
                     {"role": "assistant", "content": completion.text},
                     {"role": "user", "content": (
                         f"Your answer was invalid: {last_error}. Reply again with only the "
-                        f"JSON object: mean_genome must be {self.layout.rows} lists of "
-                        f"{self.layout.cols} integers between 0 and 100."
+                        f"JSON object: mean_genome must be {layout.rows} lists of "
+                        f"{layout.cols} integers between 0 and 100."
                     )},
                 ]
                 continue
             self._exchange(messages[-1]["content"], completion.text, thought, attempt, None,
                            outcome="accepted", mode=completion.mode)
-            mean = self.layout.from_scale(values)
-            # The history keeps a clean, bounded copy of the answer, not the raw text.
-            short = thought[: self.cfg.thought_max_chars]
-            answer = json.dumps({"thought": short, "mean_genome": self.layout.grid(mean)})
-            self.history.append([
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": answer},
-            ])
-            del self.history[: max(len(self.history) - self.cfg.history, 0)]
-            self.emit("llm_mean", source="llm", genotype=mean.tolist(),
-                      mean_genome=self.layout.grid(mean))
-            return mean
-        return self._fallback(
-            "invalid_answers", f"{tries} invalid answer(s); last error: {last_error}"
-        )
+            if history:  # a clean, bounded copy of the answer, not the raw text
+                short = thought[: self.cfg.thought_max_chars]
+                answer = json.dumps({"thought": short,
+                                     "mean_genome": layout.grid(layout.from_scale(values))})
+                self.history.append([
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": answer},
+                ])
+                del self.history[: max(len(self.history) - self.cfg.history, 0)]
+            return values, "", ""
+        return None, "invalid_answers", f"{tries} invalid answer(s); last error: {last_error}"
 
     def _exchange(self, prompt: str, response: str | None, thought: str | None, attempt: int,
                   error: str | None, outcome: str, mode: str | None = None) -> None:

@@ -1,0 +1,139 @@
+"""Screening: score each candidate on a few anchor items per task, estimate the rest.
+
+Every evaluation of a run scores the same items per task (the full subset), so the
+responses of every fully scored model (parents and promoted candidates) form a models x
+items matrix per task. From it, per task: a 2PL IRT fit (irt.py), anchors chosen from it
+(`irt`) or at random (`random`), and for a screened candidate an estimate of its mean over
+the full subset from its anchor responses. `random` anchors are estimated by their plain
+mean, the control that issue #17's bench compares against.
+
+Pure and deterministic: the same fully scored history gives the same anchors and the same
+estimates, so a resumed generation re-plans exactly what the interrupted one planned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llm_evo.screening.irt import ItemParams, estimate, fit_2pl
+
+Items = dict[str, dict[str, list]]  # "task/metric" -> {"ids": [...], "values": [...]}
+
+
+def random_anchors(ids: list[int], k: int, seed: int) -> list[int]:
+    rng = np.random.default_rng([seed, len(ids), k])
+    return sorted(int(i) for i in rng.choice(ids, size=min(k, len(ids)), replace=False))
+
+
+def irt_anchors(params: ItemParams, k: int) -> list[int]:
+    """One item per difficulty stratum (k equal-count strata of the fitted b), the most
+    discriminating of each: anchors that separate models across the whole ability range."""
+    if k >= len(params.ids):
+        return sorted(int(i) for i in params.ids)
+    order = np.argsort(params.b, kind="stable")
+    picks = [int(params.ids[s[np.argmax(params.a[s])]]) for s in np.array_split(order, k)]
+    return sorted(picks)
+
+
+@dataclass
+class TaskPlan:
+    """One task's full subset, its anchors and (with `irt`) its fitted items."""
+
+    ids: list[int]
+    anchors: list[int]
+    params: ItemParams | None = None
+    anchor_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+
+
+class Screener:
+    """Anchors and estimates for one generation, from the fully scored models so far."""
+
+    def __init__(self, full: Items, history: list[Items], anchors: int, method: str,
+                 seed: int):
+        """`full`: one fully scored model's items (its ids are each task's full subset);
+        `history`: every fully scored model's items (parents, promoted candidates)."""
+        if method not in ("irt", "random"):
+            raise ValueError(f"screening anchor method must be irt or random, not {method!r}")
+        self.method = method
+        self.plans: dict[str, TaskPlan] = {}
+        for task, got in full.items():
+            ids = sorted(got["ids"])
+            if method == "random":
+                plan = TaskPlan(ids, random_anchors(ids, anchors, seed))
+            else:
+                params = fit_2pl(_matrix(history, task, ids), np.asarray(ids))
+                plan = TaskPlan(ids, irt_anchors(params, anchors), params)
+            pos = {d: i for i, d in enumerate(ids)}
+            plan.anchor_index = np.array([pos[d] for d in plan.anchors], dtype=int)
+            self.plans[task] = plan
+
+    def anchor_samples(self) -> dict[str, list[int]]:
+        """lm-eval `samples` for the anchor pass: doc ids per task name."""
+        return _by_name({t: p.anchors for t, p in self.plans.items()})
+
+    def rest_samples(self) -> dict[str, list[int]]:
+        """lm-eval `samples` for a promoted candidate: every item not yet scored."""
+        return _by_name({t: sorted(set(p.ids) - set(p.anchors))
+                         for t, p in self.plans.items()})
+
+    @property
+    def items_per_candidate(self) -> int:
+        return sum(len(p.anchors) for p in self.plans.values())
+
+    def estimate(self, anchor_items: Items) -> dict[str, float]:
+        """Per `task/metric`, the estimated mean over the full subset."""
+        out = {}
+        for task, plan in self.plans.items():
+            got = dict(zip(anchor_items[task]["ids"], anchor_items[task]["values"],
+                           strict=True))
+            y = np.array([got[d] for d in plan.anchors], dtype=np.float64)
+            if plan.params is None:
+                out[task] = float(y.mean())
+            else:
+                out[task] = estimate(plan.params, plan.anchor_index, y)
+        return out
+
+    def combine(self, anchor_items: Items, rest_items: Items) -> Items:
+        """A promoted candidate's full-subset items: its anchors plus the rest."""
+        out = {}
+        for task in self.plans:
+            pairs = dict(zip(anchor_items[task]["ids"], anchor_items[task]["values"],
+                             strict=True))
+            pairs.update(zip(rest_items[task]["ids"], rest_items[task]["values"], strict=True))
+            ids = sorted(pairs)
+            out[task] = {"ids": ids, "values": [pairs[i] for i in ids]}
+        return out
+
+
+def promoted(estimates: list[float | None], share: float) -> list[int]:
+    """Indices of the best `share` of a generation by estimate (at least one); ties go to
+    the earlier index, failed candidates (None) are never promoted."""
+    ok = [i for i, e in enumerate(estimates) if e is not None]
+    n = min(len(ok), max(1, int(np.ceil(share * len(estimates)))))
+    return sorted(sorted(ok, key=lambda i: (-estimates[i], i))[:n])
+
+
+def means(items: Items) -> dict[str, float]:
+    return {task: float(np.mean(v["values"])) for task, v in items.items()}
+
+
+def _matrix(history: list[Items], task: str, ids: list[int]) -> np.ndarray:
+    pos = {d: i for i, d in enumerate(ids)}
+    rows = np.full((len(history), len(ids)), np.nan)
+    for r, items in enumerate(history):
+        got = items.get(task)
+        for d, v in zip(got["ids"], got["values"], strict=True) if got else ():
+            if d in pos:
+                rows[r, pos[d]] = v
+    return rows
+
+
+def _by_name(per_key: dict[str, list[int]]) -> dict[str, list[int]]:
+    """`task/metric` keys to lm-eval task names (a task scored on two metrics: one entry)."""
+    out: dict[str, list[int]] = {}
+    for key, ids in per_key.items():
+        name = key.rsplit("/", 1)[0]
+        out[name] = sorted(set(out.get(name, [])) | set(ids))
+    return out
