@@ -16,12 +16,13 @@ score, and what a screened search finds at a quarter of the item budget.
 
 Run from the repo root after `make models` (`make smol-family` for --family smol):
 ``python bench/fitness_estimation.py [--family tiny|smol] [--candidates 64] [--limit 80]
-[--anchors 4,8,16] [--search-seeds 5] [--budget 48] [--markdown]``
+[--anchors 4,8,16] [--search-seeds 5] [--budget 48] [--save F | --load F] [--markdown]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -162,6 +163,8 @@ def main() -> None:
     ap.add_argument("--search-seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=48, help="full search: evaluations")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--save", help="write the estimation part's items to this JSON file")
+    ap.add_argument("--load", help="read them from a --save file instead of searching")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     fmt = markdown_table if args.markdown else (
@@ -172,8 +175,14 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{args.family} family, {len(tasks)} tasks x {args.limit} items", flush=True)
     t0 = time.perf_counter()
-    parent_items = parents(worker, genome)
-    cands = full_search(worker, genome, 0, args.candidates)
+    if args.load:
+        saved = json.loads(Path(args.load).read_text())
+        parent_items, cands = saved["parents"], [tuple(c) for c in saved["candidates"]]
+    else:
+        parent_items = parents(worker, genome)
+        cands = full_search(worker, genome, 0, args.candidates)
+    if args.save:
+        Path(args.save).write_text(json.dumps({"parents": parent_items, "candidates": cands}))
     print(f"{len(cands)} candidates fully scored in {time.perf_counter() - t0:.0f} s; scores "
           f"{min(c[2] for c in cands):.3f}..{max(c[2] for c in cands):.3f}", flush=True)
     anchor_sizes = [int(k) for k in args.anchors.split(",")]

@@ -236,12 +236,21 @@ def test_killed_ray_worker_is_replaced_and_the_run_completes(tmp_path, config):
     assert sum(r[2] == "ok" for r in got.values()) >= len(got) - 1
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C's default disposition in the child. A shell that starts a job in the
+    background without job control (`make test &` in a script) ignores SIGINT for it, the
+    ignore is inherited, and Python then installs no KeyboardInterrupt handler: the run
+    would (rightly) ignore the signal this test sends as a user's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_stops_cleanly_without_a_final_merge(tmp_path, config):
     storage = tmp_path / "s"
     proc = subprocess.Popen(
         [str(BIN / "llm-evo"), "run", str(config), "--storage-path", str(storage),
          "--num-workers", "2", "--quiet", "--save-final-model"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_as_from_a_terminal)  # one syscall in the child: no lock is taken
     deadline = time.monotonic() + 300
     while len(rows(storage)) < 2:
         assert proc.poll() is None, proc.stderr.read()[-2000:]

@@ -26,7 +26,7 @@ def _config(tmp: Path, tiny_family: dict, **search) -> Path:
 def screened_run(tmp_path_factory, tiny_family):
     tmp = tmp_path_factory.mktemp("screened")
     storage = tmp / "run"
-    proc = cli("llm-evo", "run", str(_config(tmp, tiny_family, max_generations=4)),
+    proc = cli("llm-evo", "run", str(_config(tmp, tiny_family, max_generations=3)),
                "--storage-path", str(storage), "--quiet", "--no-save-final-model")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage
@@ -38,10 +38,10 @@ def test_most_candidates_cost_their_anchors_only(screened_run):
         parents = db.candidates(1, kind="parent")
         items = db.items(1)
         events = db.events(1, kind="screening")
-    assert len(cands) == 32 and len(events) == 4
+    assert len(cands) == 24 and len(events) == 3
     full = [c for c in cands if c.status == "ok"]
     estimated = [c for c in cands if c.status == "estimated"]
-    assert len(full) == 8 and len(estimated) == 24  # a quarter of each generation promoted
+    assert len(full) == 6 and len(estimated) == 18  # a quarter of each generation promoted
     for e in events:
         assert e["items_per_candidate"] == 16 and len(e["promoted"]) == 2
     # a promoted candidate's items are the full subset, the parents' subset, every item once
@@ -72,7 +72,7 @@ def test_report_says_which_scores_are_estimates(screened_run):
     proc = cli("llm-evo", "report", str(screened_run))
     assert proc.returncode == 0, proc.stderr
     summary = (screened_run / "report/summary.md").read_text()
-    assert "32 candidates (0 failed, 24 screened out (anchor items only, score estimated))" \
+    assert "24 candidates (0 failed, 18 screened out (anchor items only, score estimated))" \
         in summary
     assert "## Item by item: the best merge against each parent" in summary
 

@@ -390,3 +390,22 @@ def test_pareto_front_is_logged_as_a_table(offline: Path, tmp_path: Path) -> Non
     assert front["columns"] == ["generation", "idx", ARITH, CAT, "score"]
     # (1, 2) dominates every other candidate: 0.6 arith, 0.4 category
     assert front["data"] == [[1, 2, 0.6, 0.4, pytest.approx(1.0)]]
+
+
+def test_screened_generation_metrics_count_estimates_apart(tmp_path: Path) -> None:
+    """A screened candidate (status `estimated`) is neither a failure nor a full score."""
+    from dataclasses import replace
+
+    from llm_evo.report.tracking import generation_metrics
+
+    storage, run_id, _ = build_storage(tmp_path / "run")
+    plain = generation_metrics(storage, run_id, 2)
+    assert "screening/estimated" not in plain
+    screened = replace(_cand(2, 2, 0.7, 0.7), status="estimated")  # looks best, estimated
+    storage.record(run_id, screened)
+    storage.add_events(run_id, [{"kind": "screening", "generation": 2, "promoted": [0, 1]}])
+    got = generation_metrics(storage, run_id, 2)
+    assert got["candidates/evaluated"] == 3 and got["candidates/failed"] == 0
+    assert got["screening/fully_scored"] == 2 and got["screening/estimated"] == 1
+    assert got["screening/estimate_max"] == pytest.approx(1.4)
+    assert got["score/best_so_far"] == plain["score/best_so_far"] < 1.4  # never an estimate
