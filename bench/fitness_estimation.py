@@ -82,6 +82,22 @@ def full_search(worker, genome, seed: int, n: int):
     return out[:n]
 
 
+def from_ledger(path: str) -> tuple[list[dict], list[tuple]]:
+    """Parents' items and (generation, items, score) of the fully scored candidates of the
+    latest run stored at `path` (an unweighted sum of the task means, as the bench uses)."""
+    from llm_evo.storage import RunStorage
+
+    with RunStorage(path) as db:
+        run_id = db.latest_run()["id"]
+        items = db.items(run_id)
+        recs = [c for c in db.candidates(run_id) if c.status == "ok"
+                and (c.generation, c.idx) in items]
+    parent_items = [items[(c.generation, c.idx)] for c in recs if c.kind == "parent"]
+    cands = [(c.generation, items[(c.generation, c.idx)],
+              score_of(items[(c.generation, c.idx)])) for c in recs if c.kind == "candidate"]
+    return parent_items, cands
+
+
 def score_of(items: dict) -> float:
     return float(sum(np.mean(v["values"]) for v in items.values()))
 
@@ -165,6 +181,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--save", help="write the estimation part's items to this JSON file")
     ap.add_argument("--load", help="read them from a --save file instead of searching")
+    ap.add_argument("--ledger", help="or from a run's storage path (its fully scored "
+                                     "parents and candidates, with their items)")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     fmt = markdown_table if args.markdown else (
@@ -178,11 +196,15 @@ def main() -> None:
     if args.load:
         saved = json.loads(Path(args.load).read_text())
         parent_items, cands = saved["parents"], [tuple(c) for c in saved["candidates"]]
+    elif args.ledger:
+        parent_items, cands = from_ledger(args.ledger)
     else:
         parent_items = parents(worker, genome)
         cands = full_search(worker, genome, 0, args.candidates)
     if args.save:
         Path(args.save).write_text(json.dumps({"parents": parent_items, "candidates": cands}))
+    per_task = sorted({len(v["ids"]) for v in parent_items[0].values()})
+    print(f"items per task in the full subset: {per_task}", flush=True)
     print(f"{len(cands)} candidates fully scored in {time.perf_counter() - t0:.0f} s; scores "
           f"{min(c[2] for c in cands):.3f}..{max(c[2] for c in cands):.3f}", flush=True)
     anchor_sizes = [int(k) for k in args.anchors.split(",")]
