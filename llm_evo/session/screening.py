@@ -79,8 +79,8 @@ class ScreenedGeneration:
             promoted_slots = self._promote(screener)
         recs = {c.idx: c for c in self.storage.candidates(self.run_id,
                                                           generation=self.generation)}
-        items = {i: v for (g, i), v in self.storage.items(self.run_id).items()
-                 if g == self.generation}
+        items = {i: v for (_, i), v in self.storage.items(
+            self.run_id, generation=self.generation).items()}
         rest = screener.rest_samples()
         second = []
         for idx in promoted_slots:
@@ -135,20 +135,14 @@ class ScreenedGeneration:
 def run_screened(loop: Any, gen: int, jobs: list[Job], genotypes: list[Any],
                  configs: dict[int, str], values: list[list[Any]], scores: list[Any],
                  objectives: list[Any], workers: Any, progress: Any) -> None:
-    """A SearchLoop's screened generation: records each result as the loop does (hooks,
-    ledger, best_config.yaml for full scores only), then fills `scores` (full score or
+    """A SearchLoop's screened generation: records each result with the loop's `_store`
+    (hooks, ledger, best_config.yaml for full scores only), then fills `scores` (full score or
     estimate) and `objectives` for the strategy from the ledger."""
     from llm_evo.pareto import objective_vector
-    from llm_evo.session.search_loop import _record
 
     def record(res: JobResult, overrides: dict[str, Any] | None) -> None:
-        rec = replace(_record(res, None, genotypes[res.idx], configs.get(res.idx)),
-                      **(overrides or {}))
-        for hook, per_candidate in zip(loop.hooks, values, strict=True):
-            rec = hook.on_result(rec, per_candidate[res.idx])
-        loop.storage.record(loop.run_id, rec)
-        if rec.status == "ok":
-            loop._maybe_new_best(rec)
+        loop._store(res, genotypes[res.idx], configs.get(res.idx),
+                    [per_candidate[res.idx] for per_candidate in values], **(overrides or {}))
 
     def job_for(idx: int) -> Job:
         configs.setdefault(idx, loop.genome.to_yaml(genotypes[idx], loop.merge_dtype))

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -264,14 +264,11 @@ class SearchLoop:
             jobs.append(Job(gen, idx, merge_config=cfg))
 
         def on_result(res: JobResult) -> None:
-            rec = _record(res, None, genotypes[res.idx], configs.get(res.idx))
-            for hook, per_candidate in zip(self.hooks, values, strict=True):
-                rec = hook.on_result(rec, per_candidate[res.idx])  # e.g. a kinship penalty
-            self.storage.record(self.run_id, rec)
+            rec = self._store(res, genotypes[res.idx], configs.get(res.idx),
+                              [per_candidate[res.idx] for per_candidate in values])
             if res.status == "ok":
                 scores[res.idx] = rec.score
                 objectives[res.idx] = objective_vector(rec.results, self.objective_keys)
-                self._maybe_new_best(rec)
             progress.update(res.score if res.status == "ok" else None, best=self._best_score())
 
         if self.config.evaluation.screening is None:
@@ -290,6 +287,18 @@ class SearchLoop:
             hook.after_generation(self.run_id, gen, strategy)
         self.storage.add_events(self.run_id, strategy.drain_events())
         self.storage.save_checkpoint(self.run_id, gen, strategy.state_dict())
+
+    def _store(self, res: JobResult, genotype: np.ndarray, merge_config: str | None,
+               hook_values: list[Any], **overrides: Any) -> CandidateRecord:
+        """Record one result: `overrides` (screening's status, results, score, items), the
+        hooks (e.g. a kinship penalty), the ledger, best_config.yaml if a new best."""
+        rec = replace(_record(res, None, genotype, merge_config), **overrides)
+        for hook, value in zip(self.hooks, hook_values, strict=True):
+            rec = hook.on_result(rec, value)
+        self.storage.record(self.run_id, rec)
+        if rec.status == "ok":
+            self._maybe_new_best(rec)
+        return rec
 
     # ---- best-so-far -----------------------------------------------------------------------
     def _best_score(self) -> float | None:

@@ -170,15 +170,17 @@ class RunStorage(Ledger):
                   array("d", v["values"]).tobytes())
                  for task, v in (rec.items or {}).items()])
 
-    def items(self, run_id: int, task: str | None = None
+    def items(self, run_id: int, task: str | None = None, generation: int | None = None
               ) -> dict[tuple[int, int], dict[str, dict[str, list]]]:
         """Per-item results by (generation, idx): {"task/metric": {"ids", "values"}}, each
-        stored as packed int64 ids and float64 values (about 1.6 KB per 100 items)."""
+        stored as packed int64 ids and float64 values (about 1.6 KB per 100 items); `task`
+        and `generation` narrow the read."""
         sql = "SELECT generation, idx, task, doc_ids, item_values FROM items WHERE run_id = ?"
         params: list[Any] = [run_id]
-        if task is not None:
-            sql += " AND task = ?"
-            params.append(task)
+        for column, value in (("task", task), ("generation", generation)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
         out: dict[tuple[int, int], dict[str, dict[str, list]]] = {}
         for g, i, name, ids, values in self.conn.execute(sql, params):
             out.setdefault((g, i), {})[name] = {"ids": array("q", ids).tolist(),

@@ -71,6 +71,8 @@ def test_per_item_results_round_trip_and_follow_their_slot(tmp_path):
     assert again.items(run) == {(0, 0): items}
     assert again.items(run, task="b/exact_match,strict") == {(0, 0): {
         "b/exact_match,strict": items["b/exact_match,strict"]}}
+    assert again.items(run, generation=0) == {(0, 0): items}
+    assert again.items(run, generation=1) == {}
     # a slot written again (a resumed generation) replaces its items, never adds to them
     again.record(run, replace(rec(0, 0, 0.6), items={"a/acc,none": {"ids": [1], "values": [0.0]}}))
     assert again.items(run) == {(0, 0): {"a/acc,none": {"ids": [1], "values": [0.0]}}}
