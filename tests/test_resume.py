@@ -43,10 +43,11 @@ def checkpoint(storage: Path) -> tuple[int, str] | None:
 
 
 def start(config: Path, storage: Path, *, quiet: bool = True, stderr=subprocess.PIPE,
-          env: dict | None = None) -> subprocess.Popen:
+          env: dict | None = None, final_model: bool = True) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BIN / "llm-evo"), "run", str(config), "--storage-path", str(storage),
-         "--num-workers", "2", *(["--quiet"] if quiet else [])],
+         "--num-workers", "2", *(["--quiet"] if quiet else []),
+         *([] if final_model else ["--no-save-final-model"])],
         stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True, env=env)
 
 
@@ -67,7 +68,7 @@ def kill_after(proc: subprocess.Popen, storage: Path, n_rows: int) -> None:
     proc.wait()
 
 
-def kill_before_tell(config: Path, storage: Path, gen: int) -> None:
+def kill_before_tell(config: Path, storage: Path, gen: int, env: dict | None = None) -> None:
     """Kill the driver after every result of `gen` is in the ledger but before its `tell`.
 
     Between a generation's "asked" checkpoint and the end of its evaluations the driver
@@ -81,7 +82,7 @@ def kill_before_tell(config: Path, storage: Path, gen: int) -> None:
     # own handle stays blocking.
     filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
     os.set_blocking(read_end, False)
-    proc = start(config, storage, quiet=False, stderr=write_end, env=DRIVER_ENV)
+    proc = start(config, storage, quiet=False, stderr=write_end, env=env or DRIVER_ENV)
 
     def in_gen() -> list:
         return [slot for slot in rows(storage) if slot[0] == gen]
@@ -133,13 +134,27 @@ def config(tmp_path, tiny_family):
 # gp runs with evaluation.screening on (issue #17), whose promoted slots are written twice:
 # one run resumes both gp's state and a screened generation's two passes.
 KILL_STRATEGIES = ["cma", "random", "tpe", "gp-screened", "nsga2"]
+# cma's driver starts its private cluster, which dies with it, as on a workstation; the
+# others join one `ray start` head, as on a cluster, which outlives every killed driver
+# (and saves each driver Ray's start-up).
+PRIVATE_CLUSTER = {"cma"}
+
+
+@pytest.fixture(scope="module")
+def shared_head():
+    from tests.ray_helpers import start_head, stop_head
+
+    head = start_head(num_cpus=2)
+    yield head
+    stop_head(head.root)
 
 
 @pytest.fixture(params=KILL_STRATEGIES)
-def kill_config(request, tmp_path, tiny_family):
-    """Seed 42: a sample of generation 1 lies beyond pycma's Mahalanobis radius, which a
-    `tell` in a resumed process used to "repair" and the uninterrupted run's did not: the
-    drift this test caught before strategies/cma_es.py told with check_points=False."""
+def kill_setup(request, tmp_path, tiny_family) -> tuple[Path, dict]:
+    """(config, the drivers' environment). Seed 42: a sample of generation 1 lies beyond
+    pycma's Mahalanobis radius, which a `tell` in a resumed process used to "repair" and the
+    uninterrupted run's did not: the drift this test caught before strategies/cma_es.py told
+    with check_points=False."""
     strategy, _, variant = request.param.partition("-")
     search = {"evaluate_parents": False, "seed": 42, "strategy": strategy}
     extra: dict = {"search": search}
@@ -149,15 +164,19 @@ def kill_config(request, tmp_path, tiny_family):
         search["evaluate_parents"] = True
         extra["shuffle"] = True
         extra["evaluation"] = {"screening": {"anchors": 5, "promote": 0.5}}
-    return write_config(tmp_path, tiny_family, population=POPULATION, generations=GENERATIONS,
-                        limit=20, extra=extra)
+    config = write_config(tmp_path, tiny_family, population=POPULATION,
+                          generations=GENERATIONS, limit=20, extra=extra)
+    if strategy in PRIVATE_CLUSTER:
+        return config, DRIVER_ENV
+    head = request.getfixturevalue("shared_head")
+    return config, {**head.env, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
 
 
-def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_config):
-    config = kill_config
+def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_setup):
+    config, env = kill_setup
     reference = tmp_path / "reference"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(reference),
-               "--num-workers", "2", "--quiet", env=DRIVER_ENV)
+               "--num-workers", "2", "--quiet", "--no-save-final-model", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = rows(reference)
     parents = sum(g < 0 for g, _ in expected)
@@ -165,9 +184,13 @@ def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_conf
 
     storage = tmp_path / "crashy"
     seen: dict[tuple[int, int], float] = {}
-    kills = [lambda: kill_after(start(config, storage, env=DRIVER_ENV), storage, 1),  # gen 1
-             lambda: kill_before_tell(config, storage, 1),  # gen 2 evaluated, not told
-             lambda: kill_after(start(config, storage, env=DRIVER_ENV), storage, 10)]  # gen 3
+
+    def crashing() -> subprocess.Popen:
+        return start(config, storage, env=env, final_model=False)
+
+    kills = [lambda: kill_after(crashing(), storage, 1),  # gen 1
+             lambda: kill_before_tell(config, storage, 1, env),  # gen 2 evaluated, not told
+             lambda: kill_after(crashing(), storage, 10)]  # gen 3
     for kill in kills:
         kill()
         now = rows(storage)
@@ -176,7 +199,7 @@ def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_conf
         # A screened slot (anchors only) may still be promoted and written again.
         seen = {slot: r[3] for slot, r in now.items() if r[2] != "estimated"}
     final = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
-                "--num-workers", "2", "--quiet", env=DRIVER_ENV)
+                "--num-workers", "2", "--quiet", "--no-save-final-model", env=env)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "resuming run 1" in final.stderr
 
