@@ -13,7 +13,8 @@ layer group and slerps the two top-weighted models of each group, t = softmax(to
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ class SearchSpace:
     lower: np.ndarray
     upper: np.ndarray
     initial: np.ndarray
+    # A data-flow space's genotype -> its path in words (what the LLM strategy is shown)
+    describe: Callable[[np.ndarray], str] | None = field(default=None, compare=False)
 
     @property
     def n_genes(self) -> int:
@@ -105,6 +108,8 @@ def model_label(reference: str) -> str:
 
 class Genome:
     """Maps genotypes of a `genome:` config to mergekit `MergeConfiguration`s."""
+
+    is_dataflow = False  # see llm_evo/dataflow.py for the other kind
 
     def __init__(self, definition: GenomeConfig, models: list[str], base_model: str | None,
                  num_layers: int):
@@ -346,6 +351,10 @@ def dump_yaml(data: Any) -> str:
 
 def describe_axes(genome: Genome) -> str:
     """A human-readable table of the genome's labelled axes."""
+    if genome.is_dataflow:
+        from llm_evo.dataflow import describe_dataflow
+
+        return describe_dataflow(genome)
     g = genome
     lines = [
         f"merge_method: {g.definition.merge_method}",

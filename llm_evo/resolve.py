@@ -31,6 +31,7 @@ class ModelFacts:
     architecture: str
     num_layers: int
     vocab_size: int | None
+    hidden_size: int | None = None
 
 
 def read_model_config(reference: str, field: str, trust_remote_code: bool = False) -> ModelFacts:
@@ -47,7 +48,8 @@ def read_model_config(reference: str, field: str, trust_remote_code: bool = Fals
         if not (Path(ref.lora).expanduser() / "adapter_config.json").is_file():
             raise ConfigError(f"{field}: LoRA adapter {ref.lora} has no adapter_config.json")
     facts = _read_config(ref.path, ref.revision, field, trust_remote_code)
-    return ModelFacts(reference, facts.architecture, facts.num_layers, facts.vocab_size)
+    return ModelFacts(reference, facts.architecture, facts.num_layers, facts.vocab_size,
+                      facts.hidden_size)
 
 
 def _read_config(reference: str, revision: str | None, field: str,
@@ -69,7 +71,9 @@ def _read_config(reference: str, revision: str | None, field: str,
     layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("num_layers")))
     if layers is None:
         raise ConfigError(f"{field}: {reference}'s config.json gives no num_hidden_layers")
-    return ModelFacts(reference, archs[0], int(layers), cfg.get("vocab_size"))
+    hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("d_model")))
+    return ModelFacts(reference, archs[0], int(layers), cfg.get("vocab_size"),
+                      int(hidden) if hidden is not None else None)
 
 
 def _hub_config(reference: str, revision: str | None, field: str,
@@ -92,6 +96,8 @@ def build_genome(config: RunConfig, config_dir: Path | None = None,
     """Resolve every model, check they fit together, and build the Genome."""
     g = config.genome
     models = [resolve_path(m, config_dir) for m in g.models]
+    if g.dataflow is not None:  # a previous run's storage stands for its best merge
+        models = [run_best_model(m, f"genome.models[{i}]") for i, m in enumerate(models)]
     facts = [
         read_model_config(m, f"genome.models[{i}]", trust_remote_code)
         for i, m in enumerate(models)
@@ -107,6 +113,10 @@ def build_genome(config: RunConfig, config_dir: Path | None = None,
             raise ConfigError(
                 f"{field}: architecture {f.architecture} differs from {first.architecture}"
             )
+        if g.dataflow is not None and f.hidden_size != first.hidden_size:
+            raise ConfigError(f"{field}: hidden size {f.hidden_size}, but {models[0]} has "
+                              f"{first.hidden_size}: a data-flow path cannot pass hidden "
+                              "states between them")
         if f.num_layers != first.num_layers:
             raise ConfigError(f"{field}: {f.num_layers} layers, but {models[0]} has "
                               f"{first.num_layers}")
@@ -116,9 +126,27 @@ def build_genome(config: RunConfig, config_dir: Path | None = None,
             f"{first.num_layers} layers"
         )
     try:
+        if g.dataflow is not None:
+            from llm_evo.dataflow import DataFlowGenome
+
+            return DataFlowGenome(g, models, first.num_layers)
         return Genome(g, models, base, first.num_layers)
     except InvalidGenotypeError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def run_best_model(reference: str, field: str) -> str:
+    """A model reference, or, when it is a run's storage folder (PS -> DFS: a data-flow
+    search over a parameter-space run's best merge), that run's `final_model`."""
+    path = Path(reference)
+    if not (path / "llm_evo.sqlite").is_file():
+        return reference
+    final = path / "final_model"
+    if not (final / "config.json").is_file():
+        raise ConfigError(
+            f"{field}: {reference} is a run's storage without final_model/ (write it with "
+            f"`mergekit-yaml {path / 'best_config.yaml'} {final}`)")
+    return str(final)
 
 
 def check_benchmarks(config: RunConfig, allow: bool) -> list[str]:

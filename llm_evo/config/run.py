@@ -17,14 +17,50 @@ from pydantic import BeforeValidator, Field, model_validator
 from llm_evo.config.base import Frozen, ScoringConfig
 from llm_evo.model_ref import canonical_model_ref
 
-MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_ties", "slerp"]
+# passthrough: mergekit's layer-stacking method, the merge of a data-flow genome (dataflow:)
+MergeMethod = Literal["linear", "task_arithmetic", "ties", "dare_ties", "slerp", "passthrough"]
 METHODS_NEEDING_BASE = ("task_arithmetic", "ties", "dare_ties")
 # Any form mergekit's ModelReference accepts, kept as its string form (see model_ref.py).
 ModelRefStr = Annotated[str, BeforeValidator(canonical_model_ref)]
 
 
+class DataFlowConfig(Frozen):
+    """A data-flow genome (docs/dataflow.md): which layers run, in what order.
+
+    The path has `repeats` x models x layers slots: repeat 1 is model 1's layers in order,
+    then model 2's, ..., then repeat 2 likewise. Each slot has a use gene (used when > 0,
+    Sakana's indicator array); with `scale`, each ordered pair of models (i, j) has a gene
+    that multiplies the `scale_filter` tensors (the input norm) of a layer of model j
+    entered from a layer of model i (Sakana's W matrix, realised in weights).
+    """
+
+    repeats: int = Field(default=2, ge=1)
+    # [first, end) of each model's layers that enter the path; None: all of them
+    layers: tuple[int, int] | None = None
+    # a candidate whose path uses more layers is a failed candidate; None: 2 x a model's
+    max_layers: int | None = Field(default=None, ge=1)
+    scale: bool = True
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    scale_filter: str = "input_layernorm"
+    # which model gives the embeddings, final norm and head: `path` (the path's first
+    # layer's model gives the embeddings, its last layer's the norm and head) or one of
+    # genome.models, as written there
+    embeddings: str = "path"
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DataFlowConfig:
+        if self.layers is not None and not 0 <= self.layers[0] < self.layers[1]:
+            raise ValueError(f"genome.dataflow.layers: [{self.layers[0]}, {self.layers[1]}] "
+                             "is not a [first, end) range of layers")
+        low, high = self.scale_range
+        if not 0 <= low < high:
+            raise ValueError(f"genome.dataflow.scale_range: [{low}, {high}] needs "
+                             "0 <= low < high")
+        return self
+
+
 class GenomeConfig(Frozen):
-    """mergekit-evolve's `genome:` section, field for field."""
+    """mergekit-evolve's `genome:` section, field for field, plus `dataflow:` (llm-evo's)."""
 
     models: list[ModelRefStr] = Field(min_length=1)
     merge_method: MergeMethod
@@ -35,9 +71,22 @@ class GenomeConfig(Frozen):
     allow_negative_weights: bool = False
     smooth: bool = False
     filters: list[str] | None = None
+    dataflow: DataFlowConfig | None = None
 
     @model_validator(mode="after")
     def _method_needs(self) -> GenomeConfig:
+        if (self.merge_method == "passthrough") != (self.dataflow is not None):
+            raise ValueError("genome.dataflow and merge_method: passthrough go together (a "
+                             "data-flow genome stacks layers with mergekit's passthrough)")
+        if self.dataflow is not None:
+            for name in ("base_model", "filters", "layer_granularity", "smooth"):
+                if getattr(self, name):
+                    raise ValueError(f"genome.{name} does not apply to a data-flow genome "
+                                     "(genome.dataflow)")
+            emb = self.dataflow.embeddings
+            if emb != "path" and canonical_model_ref(emb) not in self.models:
+                raise ValueError(f"genome.dataflow.embeddings: {emb} is neither `path` nor one "
+                                 "of genome.models")
         if self.merge_method in METHODS_NEEDING_BASE and not self.base_model:
             raise ValueError(f"genome.base_model is required for merge_method {self.merge_method}")
         if self.merge_method == "slerp":
@@ -202,8 +251,16 @@ class RunConfig(ScoringConfig):
     def _one_start(self) -> RunConfig:
         if self.random_init and self.search.init == "data":
             raise ValueError("random_init and search.init: data both choose the start point")
-        if self.search.init == "data" and self.genome.merge_method == "slerp":
-            raise ValueError("search.init: data sets merge weights; slerp has none")
+        if self.search.init == "data" and self.genome.merge_method in ("slerp", "passthrough"):
+            raise ValueError(f"search.init: data sets merge weights; "
+                             f"{self.genome.merge_method} has none")
+        if self.genome.dataflow is not None and self.evaluation.in_memory:
+            raise ValueError("evaluation.in_memory: a data-flow genome changes the layer "
+                             "count from candidate to candidate; it merges on disk "
+                             "(--no-in-memory)")
+        if self.genome.dataflow is not None and self.kinship.active:
+            raise ValueError("kinship: a data-flow genome's candidates have no task vectors "
+                             "to measure kinship on (turn kinship off)")
         if self.search.objective == "pareto" and len(self.tasks) < 2:
             raise ValueError(f"search.objective: pareto needs at least two tasks (one "
                              f"objective each), and tasks lists {len(self.tasks)}")

@@ -154,6 +154,10 @@ def plot_genome(view: RunView, path: Path) -> Path:
     import numpy as np
 
     best, genome = view.best, view.genome
+    if best is not None and best.genotype and genome is not None and genome.is_dataflow:
+        from llm_evo.report.path_plot import plot_path
+
+        return plot_path(view, path)
     if best is None or not best.genotype:
         fig = figure(6, 3)
         ax = fig.add_subplot()

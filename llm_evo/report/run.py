@@ -129,8 +129,10 @@ def rebuild_genome(view: RunView) -> Genome | None:
     if config is None:
         return None
     g = config.genome
-    num_layers = _layers_from_merge_configs(view.candidates)
     genotype_len = next((len(c.genotype) for c in view.candidates if c.genotype), None)
+    if g.dataflow is not None:
+        return _rebuild_dataflow(view, genotype_len)
+    num_layers = _layers_from_merge_configs(view.candidates)
     if num_layers is None and genotype_len:
         # smooth merges have no slices: count layer groups from the genotype's length instead
         per_group = ((1 if g.merge_method == "slerp" else len(g.models))
@@ -155,6 +157,26 @@ def rebuild_genome(view: RunView) -> Genome | None:
                           f"{genome.n_genes}; genes are shown unlabelled")
         return None
     return genome
+
+
+def _rebuild_dataflow(view: RunView, genotype_len: int | None):
+    """A data-flow genome: the layer count from the genotype's length (the path has
+    repeats x models x layers use genes, then one scale gene per ordered model pair)."""
+    from llm_evo.dataflow import DataFlowGenome
+
+    g = view.config.genome
+    flow, n_models = g.dataflow, len(g.models)
+    pairs = n_models * (n_models - 1) if flow.scale else 0
+    if genotype_len is None or (genotype_len - pairs) % (flow.repeats * n_models):
+        view.notes.append("no stored genotype to infer the data-flow path's length from")
+        return None
+    per_model = (genotype_len - pairs) // (flow.repeats * n_models)
+    num_layers = flow.layers[1] if flow.layers else per_model
+    try:
+        return DataFlowGenome(g, g.models, num_layers)
+    except InvalidGenotypeError as exc:
+        view.notes.append(f"could not rebuild the genome: {exc}")
+        return None
 
 
 # ---- summary.md --------------------------------------------------------------------------
@@ -212,7 +234,10 @@ def summary_markdown(view: RunView, plots: dict[str, Path]) -> str:
         merge = f"{g.merge_method} of {', '.join(Path(m).name for m in g.models)}"
         if g.base_model:
             merge += f" (base {Path(g.base_model).name})"
-        if view.genome is not None:
+        if view.genome is not None and view.genome.is_dataflow:
+            merge += (f"; a path of {len(view.genome.slots)} slots, at most "
+                      f"{view.genome.max_layers} layers, {view.genome.n_genes} genes")
+        elif view.genome is not None:
             merge += (f"; {view.genome.num_layers} layers in {view.genome.n_groups} group(s), "
                       f"{view.genome.n_genes} genes")
         rows.append(("merge", merge))

@@ -214,9 +214,9 @@ class SearchLoop:
         if self.genome.base_model and self.genome.base_model not in models:
             models.append(self.genome.base_model)
         done = {c.idx for c in self.storage.candidates(self.run_id, generation=-1)}
+        labels = [*self.genome.model_labels, model_label(models[-1])]  # the base: last, if any
         jobs = {i: Job(-1, i, **parent_job_source(m, self.merge_dtype), kind="parent",
-                       label=model_label(m))
-                for i, m in enumerate(models) if i not in done}
+                       label=labels[i]) for i, m in enumerate(models) if i not in done}
         if not jobs:
             return
         progress = self.progress("parents", len(jobs))

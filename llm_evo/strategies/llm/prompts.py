@@ -98,10 +98,20 @@ class Layout:
             lines.append(f"  row {r}: {what}")
         return "\n".join(lines)
 
+    @property
+    def is_dataflow(self) -> bool:
+        """A data-flow genome's path (llm_evo/dataflow.py), shown in words as well."""
+        return self.space.describe is not None and not self.blocked
+
     def column_legend(self) -> str:
         lines = []
         for c in range(self.cols):
             axis = self.space.axes[c]
+            if self.is_dataflow:
+                runs = " (above 50: the layer runs)" if axis.param == "use" else ""
+                lines.append(f"  column {c}: {axis.label} (0 means {_fmt(axis.low)}, {SCALE} "
+                             f"means {_fmt(axis.high)}){runs}")
+                continue
             parts = [axis.model] if axis.model is not None else []
             parts += [axis.filter or "all other tensors", axis.param]
             if self.rows == 1 and not self.blocked:
@@ -153,6 +163,9 @@ class PromptTemplates:
         system, system_src = _read(system_path, "system.txt", "llm.system_prompt")
         user, user_src = _read(user_path, "user.txt", "llm.user_prompt")
         self.system = Template(system)
+        # a data-flow genome is a path of layers, not merge weights: its own built-in default
+        self.system_dataflow = self.system if system_path else Template(
+            _read(None, "system_dataflow.txt", "llm.system_prompt")[0])
         self.user = Template(user)
         # Render once with every placeholder so a typo fails at start-up, not mid-run.
         sample = {k: "x" for k in USER_PLACEHOLDERS}
@@ -172,7 +185,8 @@ class PromptTemplates:
             raise ConfigError(f"{key}: {source}: {exc} (write $$ for a literal $)") from None
 
     def render_system(self, layout: Layout, thought_max_chars: int) -> str:
-        return self.system.substitute(self._common(layout, thought_max_chars)).strip()
+        template = self.system_dataflow if layout.is_dataflow else self.system
+        return template.substitute(self._common(layout, thought_max_chars)).strip()
 
     def render_user(
         self,
@@ -185,6 +199,7 @@ class PromptTemplates:
         """`examples` are (genotype, fitness) pairs, already sorted worst to best."""
         lines = [
             f"  fitness {fitness:.6g}: {json.dumps(layout.grid(genotype))}"
+            + (f"\n    path: {layout.space.describe(genotype)}" if layout.is_dataflow else "")
             for genotype, fitness in examples
         ]
         values = {
