@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cli.helpers import BIN, cli
 from tests.e2e_helpers import candidate_rows, write_config
@@ -132,8 +133,9 @@ def config(tmp_path, tiny_family):
 # Every strategy that resumes from its own state (the llm one's proposals come from a server:
 # its resume is tested in tests/llm). nsga2 runs as a Pareto search, as users run it.
 # gp runs with evaluation.screening on (issue #17), whose promoted slots are written twice:
-# one run resumes both gp's state and a screened generation's two passes.
-KILL_STRATEGIES = ["cma", "random", "tpe", "gp-screened", "nsga2"]
+# one run resumes both gp's state and a screened generation's two passes. tpe runs a
+# data-flow genome (issue #18): stacked layers, passthrough merges, failed (too long) paths.
+KILL_STRATEGIES = ["cma", "random", "tpe-dataflow", "gp-screened", "nsga2"]
 # cma's driver starts its private cluster, which dies with it, as on a workstation; the
 # others join one `ray start` head, as on a cluster, which outlives every killed driver
 # (and saves each driver Ray's start-up).
@@ -166,6 +168,11 @@ def kill_setup(request, tmp_path, tiny_family) -> tuple[Path, dict]:
         extra["evaluation"] = {"screening": {"anchors": 5, "promote": 0.5}}
     config = write_config(tmp_path, tiny_family, population=POPULATION,
                           generations=GENERATIONS, limit=20, extra=extra)
+    if variant == "dataflow":
+        cfg = yaml.safe_load(config.read_text())
+        cfg["genome"] = {"models": cfg["genome"]["models"], "merge_method": "passthrough",
+                         "dataflow": {"repeats": 1, "max_layers": 10}}
+        config.write_text(yaml.safe_dump(cfg))
     if strategy in PRIVATE_CLUSTER:
         return config, DRIVER_ENV
     head = request.getfixturevalue("shared_head")
