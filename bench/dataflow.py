@@ -8,6 +8,11 @@ saw (the search picks its best on the first 80, so this is the number free of se
 bias). Prints one table; `--markdown` for docs/performance.md.
 
     python bench/dataflow.py --seeds 42,43,44 --markdown
+
+`--cost N` instead measures what a data-flow candidate costs on the real SmolLM2 family
+(make smol-family): the same seeded gp search over the three fine-tunes (1 repeat x 3
+models x 30 layers, at most 36 layers), N candidates on disk and N in memory, where the
+worker rebuilds its resident model whenever a path's layer count changes.
 """
 
 from __future__ import annotations
@@ -108,14 +113,62 @@ def merged(storage: Path, work: Path) -> Path:
     return out
 
 
+def cost(n: int, out: Path, fmt) -> None:
+    smol = REPO / "models/smol"
+    family = json.loads((smol / "family.json").read_text())
+    cfg = {"genome": {"models": [str(smol / m) for m in ("ft_science", "ft_society",
+                                                          "ft_health")],
+                      "merge_method": "passthrough",
+                      "dataflow": {"repeats": 1, "max_layers": 36}},
+           "tasks": [t["name"] for t in family["tasks"].values()], "limit": 100,
+           "apply_chat_template": False, "fewshot_as_multiturn": False,
+           "search": {"strategy": "gp", "population_size": 4, "max_fevals": n, "seed": 42,
+                      "evaluate_parents": False},
+           "evaluation": {"task_search_path": [str(smol / "tasks")], "dtype": "float32",
+                          "batch_size": yaml.safe_load((REPO / "configs/smol.yml").read_text())
+                          ["evaluation"]["batch_size"]}}
+    config = out / "smol_dfs.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    rows = []
+    for mode in ("--no-in-memory", "--in-memory"):
+        storage = out / f"smol_dfs{mode}"
+        shutil.rmtree(storage, ignore_errors=True)
+        proc = subprocess.run([str(BIN / "llm-evo"), "run", str(config), "--storage-path",
+                               str(storage), mode, "--quiet", "--no-save-final-model"],
+                              capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            raise SystemExit(f"smol DFS {mode} failed: {proc.stderr[-2000:]}")
+        db = sqlite3.connect(storage / "llm_evo.sqlite")
+        got = db.execute("SELECT t_merge, t_eval, t_total, merge_config FROM candidates "
+                         "WHERE kind = 'candidate' AND status = 'ok' "
+                         "ORDER BY generation, idx").fetchall()
+        depths = [sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0]
+                      for s in yaml.safe_load(c)["slices"]) for *_, c in got]
+        changes = sum(a != b for a, b in zip(depths, depths[1:], strict=False))
+        merge, ev, total = (sum(r[i] for r in got) / len(got) for i in range(3))
+        rows.append([mode.removeprefix("--").replace("no-in-memory", "on disk"),
+                     str(len(got)), f"{min(depths)}-{max(depths)}", str(changes),
+                     f"{merge:.2f}", f"{ev:.2f}", f"{total - merge - ev:.2f}", f"{total:.2f}",
+                     f"{(total - ev) / total:.0%}"])
+    print(f"SmolLM2-135M, data-flow candidates over 3 fine-tunes, {n} per mode, seconds per "
+          "candidate (depth changes: consecutive candidates whose layer count differs)")
+    print(fmt(["mode", "candidates", "layers", "depth changes", "merge", "evaluate",
+               "other (load / rebuild / copy)", "total", "non-eval share"], rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="42,43,44")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_dataflow")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--cost", type=int, default=None,
+                    help="candidates per mode of the SmolLM2 cost measurement")
     args = ap.parse_args()
     fmt = markdown_table if args.markdown else plain_table
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.cost:
+        cost(args.cost, args.out, fmt)
+        return
     work = Path(tempfile.mkdtemp(prefix="dataflow_bench_"))
     try:
         tasks_dir = holdout_tasks(work)

@@ -163,7 +163,6 @@ def test_bad_dataflow_configs_name_their_field(tiny_family):
         "genome.base_model does not apply": {"genome": {"base_model": str(root / "base")}},
         "genome.dataflow.embeddings": {"genome": {"dataflow": {"embeddings": "nope"}}},
         "turn kinship off": {"kinship": {"penalty": 1.0}},
-        "evaluation.in_memory": {"evaluation": {"in_memory": True}},
         "scale_range": {"genome": {"dataflow": {"scale_range": [1.5, 0.5]}}},
     }
     for needle, change in bad.items():

@@ -13,7 +13,7 @@ import yaml
 
 from llm_evo.storage import RunStorage
 from tests.cli.helpers import assert_one_line_error, cli
-from tests.e2e_helpers import family_dir
+from tests.e2e_helpers import candidate_rows, family_dir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -134,3 +134,21 @@ def test_bad_dataflow_input_is_one_line_exit_2(ps_then_dfs, tiny_family, tmp_pat
             "--storage-path", str(tmp_path / "s")]
         assert_one_line_error(cli("llm-evo", command, str(path), *args), needle)
     assert not (tmp_path / "s" / "llm_evo.sqlite").exists()
+
+
+def test_in_memory_scores_every_candidate_as_on_disk(ps_then_dfs, tmp_path):
+    """In memory, the worker's resident model is rebuilt whenever a path's layer count
+    changes: the same seeded run scores the same genotypes exactly as on disk."""
+    _, _, dfs, config, _ = ps_then_dfs
+    storage = tmp_path / "in_memory"
+    proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage), "--quiet",
+               "--num-workers", "2", "--no-save-final-model", "--in-memory")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    on_disk, in_memory = (candidate_rows(s, "genotype_json, status, results_json")
+                          for s in (dfs, storage))
+    assert sorted(on_disk) == sorted(in_memory)
+    assert on_disk == in_memory
+    depths = {sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0]
+                  for s in yaml.safe_load(c.merge_config)["slices"])
+              for c in RunStorage(storage).candidates(1, kind="candidate") if c.merge_config}
+    assert len(depths) > 1  # the resident model was rebuilt at more than one depth

@@ -254,10 +254,6 @@ class RunConfig(ScoringConfig):
         if self.search.init == "data" and self.genome.merge_method in ("slerp", "passthrough"):
             raise ValueError(f"search.init: data sets merge weights; "
                              f"{self.genome.merge_method} has none")
-        if self.genome.dataflow is not None and self.evaluation.in_memory:
-            raise ValueError("evaluation.in_memory: a data-flow genome changes the layer "
-                             "count from candidate to candidate; it merges on disk "
-                             "(--no-in-memory)")
         if self.genome.dataflow is not None and self.kinship.active:
             raise ValueError("kinship: a data-flow genome's candidates have no task vectors "
                              "to measure kinship on (turn kinship off)")

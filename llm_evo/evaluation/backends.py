@@ -224,7 +224,7 @@ class InMemoryBackend(_Backend):
 
     def _ensure_resident(self, config: dict) -> float:
         if self.resident is not None:
-            return 0.0
+            return self._fit_depth(config)
         from llm_evo.evaluation.in_memory import donor_of
 
         started = time.perf_counter()
@@ -234,12 +234,23 @@ class InMemoryBackend(_Backend):
 
             self.resident = ResidentVLLM(donor, self.spec, self.dtype)
         else:
-            from llm_evo.evaluation.in_memory import ResidentHF
+            from llm_evo.evaluation.resident import ResidentHF
 
             self.resident = ResidentHF(
                 donor, self.device, self.dtype, batch_size=self.spec.batch_size,
                 model_args=self.spec.model_args, trust_remote_code=self.spec.trust_remote_code)
-        return time.perf_counter() - started
+        return time.perf_counter() - started + self._fit_depth(config)
+
+    def _fit_depth(self, config: dict) -> float:
+        """A data-flow candidate's layer count may differ from the resident model's: the
+        HF resident is rebuilt at that depth (seconds returned). A parent, a `models:`
+        merge, keeps the depth of the model the worker first loaded."""
+        from llm_evo.evaluation.in_memory import output_layers
+
+        layers = output_layers(config) or getattr(self.resident, "base_layers", None)
+        if layers is None or not hasattr(self.resident, "resize"):
+            return 0.0
+        return self.resident.resize(layers)
 
     def activate(self, job: Job, staged: Staged | None) -> tuple[Staged, float | None, float]:
         config = self._config(job)

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,122 +233,16 @@ def donor_of(merge_config: dict[str, Any]) -> str:
     return donor.model.path
 
 
+def output_layers(merge_config: dict[str, Any]) -> int | None:
+    """The merge's layer count when its slices say it (a data-flow path's stack); None for
+    a `models:` merge, which keeps its donor's."""
+    slices = merge_config.get("slices")
+    if not slices:
+        return None
+    return sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0]
+               for s in slices)
+
+
 def passthrough_config(model_path: str, dtype: str) -> dict[str, Any]:
     """A parent model as a merge of itself, so in-memory workers load it the same way."""
     return {"merge_method": "passthrough", "models": [{"model": model_path}], "dtype": dtype}
-
-
-class ResidentHF:
-    """One transformers model kept on the worker's device, with one HFLM wrapper around it.
-
-    The model object never changes, only its parameters' values, so the tokenizer, the
-    config and lm-eval's wrapper are built once, not per candidate.
-    """
-
-    def __init__(self, donor: str, device: str, dtype: str, *, batch_size: Any = None,
-                 model_args: dict[str, Any] | None = None, trust_remote_code: bool = False):
-        import torch
-        from lm_eval.models.huggingface import HFLM
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        torch_dtype = getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(donor, dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
-        model.to(device)
-        model.eval()
-        model.requires_grad_(False)
-        tokenizer = AutoTokenizer.from_pretrained(donor, trust_remote_code=trust_remote_code)
-        kwargs = {k: v for k, v in (model_args or {}).items() if k not in _LOAD_ONLY_ARGS}
-        if batch_size is not None:
-            kwargs["batch_size"] = batch_size
-        # device is passed explicitly: HFLM's default is "cuda".
-        self.lm = _memo_hflm_class(HFLM)(pretrained=model, tokenizer=tokenizer, device=device,
-                                         **kwargs)
-        self.model = model
-        self.device = device
-        self.donor = donor
-        self.targets: dict[str, Any] = dict(model.named_parameters(remove_duplicate=False))
-        for name, buf in model.named_buffers(remove_duplicate=False):
-            self.targets.setdefault(name, buf)
-        self.required = {name: p for name, p in model.named_parameters()}
-
-    def write(self, items: Iterable[MergedTensor],
-              clock: Callable[[], float] = time.perf_counter) -> float:
-        """Copy merged tensors into the model's parameters; returns the seconds spent copying.
-
-        Every parameter must be written: a candidate that leaves one unset would be scored
-        with the previous candidate's values, so that is an error, as is a shape mismatch.
-        """
-        import torch
-
-        written: dict[int, set[tuple[int, int]]] = {}  # row ranges of each parameter
-        t_copy = 0.0
-        with torch.no_grad():
-            for item in items:
-                if item.tensor is None:
-                    if item.optional:
-                        continue
-                    raise RuntimeError(f"the merge produced no value for {item.name}")
-                target = next((self.targets[n] for n in item.names if n in self.targets), None)
-                if target is None:
-                    if item.optional:
-                        continue
-                    raise RuntimeError(f"merged tensor {item.name} has no counterpart in the "
-                                       f"resident model (loaded from {self.donor})")
-                part = target if item.rows is None else target[item.rows[0]:item.rows[1]]
-                if tuple(part.shape) != tuple(item.tensor.shape):
-                    raise RuntimeError(
-                        f"merged tensor {item.name} has shape {tuple(item.tensor.shape)}, the "
-                        f"resident model's is {tuple(part.shape)}")
-                t0 = clock()
-                part.copy_(item.tensor)
-                t_copy += clock() - t0
-                written.setdefault(id(target), set()).add(item.rows or (0, _rows(target)))
-            if self.device.startswith("cuda"):
-                t0 = clock()
-                torch.cuda.synchronize()
-                t_copy += clock() - t0
-        missing = [n for n, p in self.required.items()
-                   if sum(r1 - r0 for r0, r1 in written.get(id(p), ())) < _rows(p)]
-        if missing:
-            raise RuntimeError(
-                f"the merge left {len(missing)} parameter(s) of the resident model unset "
-                f"(first: {missing[0]}); this model cannot be evaluated in memory")
-        return t_copy
-
-
-def _rows(tensor: Any) -> int:
-    return tensor.shape[0] if tensor.ndim else 1
-
-
-MEMO_MAX = 200_000  # tokenised (context, continuation) pairs kept per resident model
-
-
-def _memo_hflm_class(hflm: type) -> type:
-    """HFLM that remembers how it tokenised each (context, continuation) pair.
-
-    A resident model scores the same prompts for every candidate with the same tokenizer,
-    and tokenising them again was about a fifth of each candidate's evaluation on the tiny
-    family. A subclass through lm-eval's own `_encode_pair` hook; lm-eval is not patched.
-    """
-
-    class MemoHFLM(hflm):
-        def _encode_pair(self, context: str, continuation: str) -> tuple[list, list]:
-            memo = self.__dict__.setdefault("_llm_evo_pairs", {})
-            hit = memo.get((context, continuation))
-            if hit is None:
-                if len(memo) >= MEMO_MAX:
-                    memo.clear()
-                hit = super()._encode_pair(context, continuation)
-                memo[(context, continuation)] = hit
-            return list(hit[0]), list(hit[1])
-
-    return MemoHFLM
-
-
-# HFLM arguments that only matter when lm-eval loads the model itself.
-_LOAD_ONLY_ARGS = frozenset({
-    "pretrained", "device", "dtype", "torch_dtype", "revision", "subfolder",
-    "trust_remote_code", "parallelize", "max_memory_per_gpu", "max_cpu_memory",
-    "offload_folder", "peft", "delta", "autogptq", "gptqmodel", "gguf_file", "tp_plan",
-})

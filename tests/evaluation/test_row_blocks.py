@@ -95,7 +95,8 @@ def test_a_method_that_ranks_whole_tensors_is_never_blocked(root, tmp_path):
 def test_resident_model_refuses_a_tensor_with_a_block_missing(root):
     from mergekit.options import MergeOptions
 
-    from llm_evo.evaluation.in_memory import InMemoryMerger, InputCache, ResidentHF
+    from llm_evo.evaluation.in_memory import InMemoryMerger, InputCache
+    from llm_evo.evaluation.resident import ResidentHF
 
     cfg = _config(root, "task_arithmetic")
     merger = InMemoryMerger(MergeOptions(lazy_unpickle=True, quiet=True), "cpu",
