@@ -271,7 +271,14 @@ class WandbTracker:
                 "best/generation": best.generation,
                 "best/idx": best.idx,
                 **{f"best/{k}": v for k, v in (best.results or {}).items()},
+                **self._best_path(best),
             })
+
+    def _best_path(self, best: CandidateRecord) -> dict[str, str]:
+        """A data-flow run's best path in words (which layer of which model runs where)."""
+        if self.genome is None or not self.genome.is_dataflow or not best.genotype:
+            return {}
+        return {"best/path": self.genome.describe_path(best.genotype)}
 
     def finish(self, best_config_path: Path | None, status: str) -> None:
         """Attach best_config.yaml as an artifact, record the status, close the W&B run."""
