@@ -136,10 +136,10 @@ def config(tmp_path, tiny_family):
 # one run resumes both gp's state and a screened generation's two passes. tpe runs a
 # data-flow genome (issue #18): stacked layers, passthrough merges, failed (too long) paths.
 KILL_STRATEGIES = ["cma", "random", "tpe-dataflow", "gp-screened", "nsga2"]
-# cma's driver starts its private cluster, which dies with it, as on a workstation; the
-# others join one `ray start` head, as on a cluster, which outlives every killed driver
-# (and saves each driver Ray's start-up).
-PRIVATE_CLUSTER = {"cma"}
+# Every driver joins one `ray start` head, as on a cluster, which outlives each killed
+# driver (and saves each driver Ray's start-up, which made this test 75-86 s a strategy).
+# A driver killed with its private cluster, as on a workstation, is tests/pool/
+# test_pool_resume.py's crash (and test_sigint_... below stops one).
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +153,11 @@ def shared_head():
 
 @pytest.fixture(params=KILL_STRATEGIES)
 def kill_setup(request, tmp_path, tiny_family) -> tuple[Path, dict]:
-    """(config, the drivers' environment). Seed 42: a sample of generation 1 lies beyond
-    pycma's Mahalanobis radius, which a `tell` in a resumed process used to "repair" and the
-    uninterrupted run's did not: the drift this test caught before strategies/cma_es.py told
-    with check_points=False."""
+    """(config, the drivers' environment: the shared head's).
+
+    Seed 42: a sample of generation 1 lies beyond pycma's Mahalanobis radius, which a
+    `tell` in a resumed process used to "repair" and the uninterrupted run's did not: the
+    drift this test caught before strategies/cma_es.py told with check_points=False."""
     strategy, _, variant = request.param.partition("-")
     search = {"evaluate_parents": False, "seed": 42, "strategy": strategy}
     extra: dict = {"search": search}
@@ -173,8 +174,6 @@ def kill_setup(request, tmp_path, tiny_family) -> tuple[Path, dict]:
         cfg["genome"] = {"models": cfg["genome"]["models"], "merge_method": "passthrough",
                          "dataflow": {"repeats": 1, "max_layers": 10}}
         config.write_text(yaml.safe_dump(cfg))
-    if strategy in PRIVATE_CLUSTER:
-        return config, DRIVER_ENV
     head = request.getfixturevalue("shared_head")
     return config, {**head.env, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
 
