@@ -114,6 +114,8 @@ def merged(storage: Path, work: Path) -> Path:
 
 
 def cost(n: int, out: Path, fmt) -> None:
+    from llm_evo.evaluation.in_memory import output_layers
+
     smol = REPO / "models/smol"
     family = json.loads((smol / "family.json").read_text())
     cfg = {"genome": {"models": [str(smol / m) for m in ("ft_science", "ft_society",
@@ -142,8 +144,7 @@ def cost(n: int, out: Path, fmt) -> None:
         got = db.execute("SELECT t_merge, t_eval, t_total, merge_config FROM candidates "
                          "WHERE kind = 'candidate' AND status = 'ok' "
                          "ORDER BY generation, idx").fetchall()
-        depths = [sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0]
-                      for s in yaml.safe_load(c)["slices"]) for *_, c in got]
+        depths = [output_layers(yaml.safe_load(c)) for *_, c in got]
         merge, ev, total = (sum(r[i] for r in got) / len(got) for i in range(3))
         rows.append([mode.removeprefix("--").replace("no-in-memory", "on disk"),
                      str(len(got)), f"{min(depths)}-{max(depths)}", str(len(set(depths))),

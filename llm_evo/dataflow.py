@@ -33,6 +33,7 @@ import numpy as np
 from llm_evo.config import GenomeConfig
 from llm_evo.errors import InvalidGenotypeError
 from llm_evo.genome import Axis, SearchSpace, dump_yaml, model_label
+from llm_evo.model_ref import canonical_model_ref
 
 # More slots than this is a configuration mistake (a 70B model's 80 layers x 3 models x
 # 3 repeats is 720): the genome would be too long for any strategy to search.
@@ -100,18 +101,10 @@ class DataFlowGenome:
         self.max_layers = flow.max_layers or 2 * num_layers
         self.pairs = [(i, j) for i in range(len(self.models)) for j in range(len(self.models))
                       if i != j] if flow.scale else []
-        self.embeddings = (None if flow.embeddings == "path"
-                           else self.models[self._index_of(flow.embeddings)])
+        # genome.models' entry the config validated, resolved like every model
+        self.embeddings = (None if flow.embeddings == "path" else self.models[
+            definition.models.index(canonical_model_ref(flow.embeddings))])
         self.space = self._build_space()
-
-    def _index_of(self, reference: str) -> int:
-        from llm_evo.model_ref import canonical_model_ref
-
-        wanted = canonical_model_ref(reference)
-        for i, m in enumerate(self.definition.models):
-            if m == wanted:
-                return i
-        raise InvalidGenotypeError(f"genome.dataflow.embeddings: {reference} is not a model")
 
     # ---- the box -------------------------------------------------------------------------
     def _build_space(self) -> SearchSpace:
@@ -144,19 +137,7 @@ class DataFlowGenome:
 
     # ---- genotype -> path -> config --------------------------------------------------------
     def check(self, genotype: Any) -> np.ndarray:
-        x = np.asarray(genotype, dtype=np.float64).reshape(-1)
-        if x.size != self.n_genes:
-            raise InvalidGenotypeError(
-                f"genotype has {x.size} genes, the genome has {self.n_genes}")
-        bad = np.flatnonzero(~np.isfinite(x))
-        if bad.size:
-            raise InvalidGenotypeError(f"gene {self.space.axes[bad[0]].label} is not finite")
-        outside = np.flatnonzero((x < self.space.lower - 1e-9) | (x > self.space.upper + 1e-9))
-        if outside.size:
-            axis = self.space.axes[outside[0]]
-            raise InvalidGenotypeError(
-                f"gene {axis.label} = {x[outside[0]]:.4g} is outside [{axis.low}, {axis.high}]")
-        return x
+        return self.space.checked(genotype)
 
     def path(self, genotype: Any) -> list[tuple[Slot, float]]:
         """The layers the genotype runs, in order, each with the scale of its input (1.0
@@ -185,31 +166,18 @@ class DataFlowGenome:
             path = self.path(genotype)
         except InvalidGenotypeError as exc:
             return f"invalid ({exc})"
-        runs: list[list[Any]] = []  # [model, first, last, scale]
-        for slot, scale in path:
-            if runs and runs[-1][0] == slot.model and runs[-1][2] + 1 == slot.layer:
-                runs[-1][2] = slot.layer
-            else:
-                runs.append([slot.model, slot.layer, slot.layer, scale])
-        parts = [f"{self.model_labels[m]} {a}" + (f"-{b}" if b > a else "")
-                 + (f" (x{s:.2f})" if s != 1.0 else "") for m, a, b, s in runs]
+        parts = [f"{self.model_labels[m]} {a}" + (f"-{b - 1}" if b - 1 > a else "")
+                 + (f" (x{s:.2f})" if s != 1.0 else "")
+                 for m, a, b, s in _runs(path, split_scaled=False)]
         return " -> ".join(parts) + f" ({len(path)} layers)"
 
     def merge_config_dict(self, genotype: Any, dtype: str = "bfloat16") -> dict:
         """The mergekit-yaml mapping: one slice per run of consecutive layers of one model,
         the entering layer of a scaled model switch in a slice of its own."""
         path = self.path(genotype)
-        runs: list[list[Any]] = []  # [model, first, end, scale]
-        for slot, scale in path:
-            last = runs[-1] if runs else None
-            # a scaled slice scales every layer in it: it holds its entering layer only
-            if (last and last[0] == slot.model and last[2] == slot.layer and scale == 1.0
-                    and last[3] == 1.0):
-                last[2] += 1
-            else:
-                runs.append([slot.model, slot.layer, slot.layer + 1, scale])
         slices = [self._edge(path[0][0].model)]
-        for model, first, end, scale in runs:
+        # a scaled slice scales every layer in it: it holds its entering layer only
+        for model, first, end, scale in _runs(path, split_scaled=True):
             source: dict[str, Any] = {"model": self.models[model], "layer_range": [first, end]}
             if scale != 1.0:
                 source["parameters"] = {"scale": [
@@ -235,6 +203,20 @@ class DataFlowGenome:
 
     def to_yaml(self, genotype: Any, dtype: str = "bfloat16") -> str:
         return dump_yaml(self.merge_config_dict(genotype, dtype))
+
+
+def _runs(path: list[tuple[Slot, float]], split_scaled: bool) -> list[list[Any]]:
+    """[model, first, end, scale] per run of consecutive layers of one model in `path`;
+    with `split_scaled`, a scaled entering layer is a run of its own."""
+    runs: list[list[Any]] = []
+    for slot, scale in path:
+        last = runs[-1] if runs else None
+        if (last and last[0] == slot.model and last[2] == slot.layer
+                and (not split_scaled or scale == last[3] == 1.0)):
+            last[2] += 1
+        else:
+            runs.append([slot.model, slot.layer, slot.layer + 1, scale])
+    return runs
 
 
 def describe_dataflow(genome: DataFlowGenome) -> str:

@@ -92,6 +92,26 @@ class SearchSpace:
         return np.clip(np.asarray(genotype, dtype=np.float64), self.bound_lower,
                        self.bound_upper)
 
+    def checked(self, genotype: Any) -> np.ndarray:
+        """The genotype as a flat float vector, or InvalidGenotypeError saying why not: the
+        wrong gene count, a gene not finite, or one outside its hard bounds."""
+        x = np.asarray(genotype, dtype=np.float64)
+        if x.size != self.n_genes:
+            raise InvalidGenotypeError(
+                f"genotype has {x.size} genes, the genome has {self.n_genes}"
+            )
+        x = x.reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(x))
+        if bad.size:
+            raise InvalidGenotypeError(f"gene {self.axes[bad[0]].label} is not finite")
+        outside = np.flatnonzero((x < self.bound_lower - 1e-9) | (x > self.bound_upper + 1e-9))
+        if outside.size:
+            axis = self.axes[outside[0]]
+            raise InvalidGenotypeError(
+                f"gene {axis.label} = {x[outside[0]]:.4g} is outside [{axis.low}, {axis.high}]"
+            )
+        return x
+
     def clip_range(self, genotype: np.ndarray) -> np.ndarray:
         """Into [lower, upper] for every gene, bounded or not (what a strategy that works on
         a fixed scale, like the LLM's 0..100 grid, can express)."""
@@ -184,23 +204,7 @@ class Genome:
     # ---- genotype -> config ----------------------------------------------------------------
     def check(self, genotype: Any) -> np.ndarray:
         """Return the genotype as a 4-D array, or raise InvalidGenotypeError saying why."""
-        x = np.asarray(genotype, dtype=np.float64)
-        if x.size != self.n_genes:
-            raise InvalidGenotypeError(
-                f"genotype has {x.size} genes, the genome has {self.n_genes}"
-            )
-        x = x.reshape(-1)
-        bad = np.flatnonzero(~np.isfinite(x))
-        if bad.size:
-            raise InvalidGenotypeError(f"gene {self.space.axes[bad[0]].label} is not finite")
-        outside = np.flatnonzero((x < self.space.bound_lower - 1e-9)
-                                 | (x > self.space.bound_upper + 1e-9))
-        if outside.size:
-            axis = self.space.axes[outside[0]]
-            raise InvalidGenotypeError(
-                f"gene {axis.label} = {x[outside[0]]:.4g} is outside [{axis.low}, {axis.high}]"
-            )
-        x4 = x.reshape(self.shape)
+        x4 = self.space.checked(genotype).reshape(self.shape)
         if "weight" in self.params and self.definition.effective_normalize:
             sums = x4[:, :, :, self.params.index("weight")].sum(axis=1)
             near_zero = np.argwhere(np.abs(sums) < NORMALIZE_EPS)

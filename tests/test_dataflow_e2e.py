@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_evo.evaluation.in_memory import output_layers
 from llm_evo.storage import RunStorage
 from tests.cli.helpers import assert_one_line_error, cli
 from tests.e2e_helpers import candidate_rows, family_dir
@@ -73,9 +74,7 @@ def test_one_models_own_path_scores_exactly_that_model(ps_then_dfs):
 
 def test_best_config_merges_with_mergekit_yaml(ps_then_dfs):
     tmp, _, dfs, _, _ = ps_then_dfs
-    best = yaml.safe_load((dfs / "best_config.yaml").read_text())
-    layers = sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0]
-                 for s in best["slices"])
+    layers = output_layers(yaml.safe_load((dfs / "best_config.yaml").read_text()))
     out = tmp / "best_merged"
     proc = cli("mergekit-yaml", str(dfs / "best_config.yaml"), str(out), "--lazy-unpickle")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -148,7 +147,6 @@ def test_in_memory_scores_every_candidate_as_on_disk(ps_then_dfs, tmp_path):
                           for s in (dfs, storage))
     assert sorted(on_disk) == sorted(in_memory)
     assert on_disk == in_memory
-    depths = {sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0]
-                  for s in yaml.safe_load(c.merge_config)["slices"])
+    depths = {output_layers(yaml.safe_load(c.merge_config))
               for c in RunStorage(storage).candidates(1, kind="candidate") if c.merge_config}
     assert len(depths) > 1  # the resident model was rebuilt at more than one depth
