@@ -70,3 +70,17 @@ def smol_family() -> dict:
     outside the clone (~/.cache/llm-evo/smol/<fingerprint>) and linked at models/smol."""
     builder = _load_script("make_smol_family")
     return builder.build_family(REPO / "models" / "smol")
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """One `ray start` head for the session, which end-to-end runs join as they would on a
+    cluster (`ray_head.env`: the environment a joining driver runs with). Each private
+    cluster costs a run about 8 s of Ray start-up; a run on a private cluster stays covered
+    (test_run_e2e's full run, the kill -9 of a driver and its cluster in the pool resume
+    test, SIGINT, the Ray failure tests). Stopped by its own processes, never `ray stop`."""
+    from tests.ray_helpers import start_head, stop_head
+
+    head = start_head(num_cpus=2)
+    yield head
+    stop_head(head.root)

@@ -67,13 +67,19 @@ def start_head(num_cpus: int = 2, num_gpus: int = 0) -> Head:
 
 def head_processes(root: str) -> list:
     """Every process of the head under `root`: those naming it on their command line (GCS,
-    raylet, agents) and everything they started (workers rename themselves `ray::...`)."""
+    raylet, agents), those naming its GCS address (the Ray client server, which names no
+    temp dir) and everything they started (workers rename themselves `ray::...`)."""
     import psutil
 
+    record = Path(root) / "ray" / "ray_current_cluster"
+    marks = [root]
+    if record.is_file() and (address := record.read_text().strip()):
+        marks.append(f"--address={address} ")
     found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if root in " ".join(proc.info["cmdline"] or []):
+            line = " ".join(proc.info["cmdline"] or []) + " "
+            if any(mark in line for mark in marks):
                 found[proc.pid] = proc
                 found.update({c.pid: c for c in proc.children(recursive=True)})
         except psutil.Error:

@@ -38,19 +38,19 @@ def dataflow_config(name: str, tiny_family: dict, out: Path, ps_storage: Path | 
 
 
 @pytest.fixture(scope="module")
-def ps_then_dfs(tmp_path_factory, tiny_family):
+def ps_then_dfs(tmp_path_factory, tiny_family, ray_head):
     tmp = tmp_path_factory.mktemp("dataflow")
     ps = tmp / "ps"
     proc = cli("llm-evo", "run", str(dataflow_config("ps.yml", tiny_family, tmp,
                                                      population_size=4, max_generations=1)),
-               "--storage-path", str(ps), "--quiet", "--num-workers", "2")
+               "--storage-path", str(ps), "--quiet", "--num-workers", "2", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (ps / "final_model" / "config.json").is_file()
     config = dataflow_config("ps_dfs.yml", tiny_family, tmp, ps, population_size=4,
                              max_generations=1)
     dfs = tmp / "dfs"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(dfs), "--quiet",
-               "--num-workers", "2", "--no-save-final-model")
+               "--num-workers", "2", "--no-save-final-model", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, ps, dfs, config, proc
 
@@ -135,13 +135,13 @@ def test_bad_dataflow_input_is_one_line_exit_2(ps_then_dfs, tiny_family, tmp_pat
     assert not (tmp_path / "s" / "llm_evo.sqlite").exists()
 
 
-def test_in_memory_scores_every_candidate_as_on_disk(ps_then_dfs, tmp_path):
+def test_in_memory_scores_every_candidate_as_on_disk(ps_then_dfs, tmp_path, ray_head):
     """In memory, the worker's resident model is rebuilt whenever a path's layer count
     changes: the same seeded run scores the same genotypes exactly as on disk."""
     _, _, dfs, config, _ = ps_then_dfs
     storage = tmp_path / "in_memory"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage), "--quiet",
-               "--num-workers", "2", "--no-save-final-model", "--in-memory")
+               "--num-workers", "2", "--no-save-final-model", "--in-memory", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     on_disk, in_memory = (candidate_rows(s, "genotype_json, status, results_json")
                           for s in (dfs, storage))

@@ -114,14 +114,14 @@ def test_a_mergekit_evolve_command_line_runs_unchanged(tmp_path, tiny_family):
 
 
 @pytest.mark.slow
-def test_timeout_stops_the_search_between_generations(tmp_path, tiny_family):
+def test_timeout_stops_the_search_between_generations(tmp_path, tiny_family, ray_head):
     """mergekit-evolve's --timeout (pycma's): the generation running finishes, no new one
     starts; the run ends normally and a rerun of the same command would continue it."""
     config = write_config(tmp_path, tiny_family, population=2, generations=5, limit=4,
                           extra={"search": {"evaluate_parents": False}})
     storage = tmp_path / "run"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
-               "--timeout", "0.001", "--no-save-final-model", "--quiet")
+               "--timeout", "0.001", "--no-save-final-model", "--quiet", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--timeout 0.001s reached: stopping after generation 1" in proc.stderr
     db = sqlite3.connect(storage / "llm_evo.sqlite")

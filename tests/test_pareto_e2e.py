@@ -21,13 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def pareto_run(tmp_path_factory, tiny_family):
+def pareto_run(tmp_path_factory, tiny_family, ray_head):
     """configs/pareto.yml with the family's paths made absolute."""
     tmp = tmp_path_factory.mktemp("pareto")
     config = shipped_config("pareto.yml", tiny_family, tmp)
     storage = tmp / "run"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage), "--quiet",
-               "--no-save-final-model")
+               "--no-save-final-model", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage, proc
 

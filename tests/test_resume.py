@@ -136,19 +136,11 @@ def config(tmp_path, tiny_family):
 # one run resumes both gp's state and a screened generation's two passes. tpe runs a
 # data-flow genome (issue #18): stacked layers, passthrough merges, failed (too long) paths.
 KILL_STRATEGIES = ["cma", "random", "tpe-dataflow", "gp-screened", "nsga2"]
-# Every driver joins one `ray start` head, as on a cluster, which outlives each killed
-# driver (and saves each driver Ray's start-up, which made this test 75-86 s a strategy).
+# Every driver joins the session's `ray start` head (conftest's ray_head), as on a cluster,
+# which outlives each killed driver (and saves each driver Ray's start-up, which made this
+# test 75-86 s a strategy).
 # A driver killed with its private cluster, as on a workstation, is tests/pool/
 # test_pool_resume.py's crash (and test_sigint_... below stops one).
-
-
-@pytest.fixture(scope="module")
-def shared_head():
-    from tests.ray_helpers import start_head, stop_head
-
-    head = start_head(num_cpus=2)
-    yield head
-    stop_head(head.root)
 
 
 @pytest.fixture(params=KILL_STRATEGIES)
@@ -174,7 +166,7 @@ def kill_setup(request, tmp_path, tiny_family) -> tuple[Path, dict]:
         cfg["genome"] = {"models": cfg["genome"]["models"], "merge_method": "passthrough",
                          "dataflow": {"repeats": 1, "max_layers": 10}}
         config.write_text(yaml.safe_dump(cfg))
-    head = request.getfixturevalue("shared_head")
+    head = request.getfixturevalue("ray_head")
     return config, {**head.env, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
 
 

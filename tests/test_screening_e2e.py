@@ -23,11 +23,12 @@ def _config(tmp: Path, tiny_family: dict, **search) -> Path:
 
 
 @pytest.fixture(scope="module")
-def screened_run(tmp_path_factory, tiny_family):
+def screened_run(tmp_path_factory, tiny_family, ray_head):
     tmp = tmp_path_factory.mktemp("screened")
     storage = tmp / "run"
     proc = cli("llm-evo", "run", str(_config(tmp, tiny_family, max_generations=3)),
-               "--storage-path", str(storage), "--quiet", "--no-save-final-model")
+               "--storage-path", str(storage), "--quiet", "--no-save-final-model",
+               env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage
 

@@ -4,7 +4,6 @@ accepted response format land in the run storage; the API key lands nowhere."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 
@@ -19,12 +18,12 @@ SECRET = "sk-llm-evo-test-0123456789abcdef-DO-NOT-LEAK"
 
 
 def test_llm_strategy_run_stores_transcript_and_never_the_key(tmp_path, tiny_family,
-                                                              llama_server):
+                                                              llama_server, ray_head):
     config = write_config(tmp_path, tiny_family, strategy="llm", population=4, generations=2,
                           limit=20, extra={"search": {"evaluate_parents": False},
                                            "llm": {"max_retries": 1, "max_tokens": 256}})
     storage = tmp_path / "run"
-    env = {**os.environ, "OPENAI_API_KEY": SECRET}
+    env = {**ray_head.env, "OPENAI_API_KEY": SECRET}
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
                "--llm-base-url", llama_server, "--llm-model", "smollm2", "--num-workers", "2",
                "--verbose", env=env)
@@ -52,7 +51,7 @@ def test_llm_strategy_run_stores_transcript_and_never_the_key(tmp_path, tiny_fam
 
 
 def test_an_llm_that_never_answers_usably_fails_the_run_out_loud(tmp_path, tiny_family,
-                                                                 fault_server):
+                                                                 fault_server, ray_head):
     """Every answer is unparseable: the search still runs (falling back to the best genome)
     and records everything, but the command exits non-zero with one line saying why."""
     from llm_helpers import API_KEY
@@ -64,7 +63,7 @@ def test_an_llm_that_never_answers_usably_fails_the_run_out_loud(tmp_path, tiny_
     storage = tmp_path / "run"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
                "--llm-base-url", fault_server.url, "--llm-model", "fault",
-               "--num-workers", "2", env={**os.environ, "OPENAI_API_KEY": API_KEY})
+               "--num-workers", "2", env={**ray_head.env, "OPENAI_API_KEY": API_KEY})
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

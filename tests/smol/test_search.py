@@ -23,11 +23,11 @@ def smol_tasks() -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def disk_run(smol, tmp_path_factory) -> dict:
+def disk_run(smol, tmp_path_factory, ray_head) -> dict:
     tmp = tmp_path_factory.mktemp("smol_disk")
     config = write_smol_config(tmp, smol, limit=LIMIT)
     storage = tmp / "run"
-    proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage))
+    proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage), env=ray_head.env)
     return {"tmp": tmp, "config": config, "storage": storage, "proc": proc}
 
 
@@ -84,12 +84,13 @@ def test_report_and_best_config_through_mergekit_yaml_and_lm_eval(disk_run, smol
         assert got[task]["acc,none"] == pytest.approx(want[f"{task}/acc,none"], abs=1e-9), task
 
 
-def test_in_memory_run_scores_the_same_candidates_alike(disk_run, smol, tmp_path):
+def test_in_memory_run_scores_the_same_candidates_alike(disk_run, smol, tmp_path, ray_head):
     assert disk_run["proc"].returncode == 0
     config = write_smol_config(tmp_path, smol, limit=LIMIT,
                                extra={"search": {"evaluate_parents": False}})
     storage = tmp_path / "mem"
-    proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage), "--in-memory")
+    proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage), "--in-memory",
+               env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     on_disk = candidate_rows(disk_run["storage"], "genotype_json, results_json")
     in_memory = candidate_rows(storage, "genotype_json, results_json")

@@ -106,7 +106,7 @@ def test_mix_example_data_favours_the_expert(smol, tmp_path):
     assert (tmp_path / "mixed" / "config.json").is_file()
 
 
-def test_pool_merges_the_family(smol, tmp_path):
+def test_pool_merges_the_family(smol, tmp_path, ray_head):
     cfg = {
         "pool": {"models": [str(p) for p in smol["models"].values()],
                  "base_model": str(smol["base"]), "top_k": 2, "max_rounds": 2},
@@ -119,7 +119,7 @@ def test_pool_merges_the_family(smol, tmp_path):
     config = tmp_path / "pool.yml"
     config.write_text(yaml.safe_dump(cfg))
     storage = tmp_path / "pool"
-    proc = cli("llm-evo", "pool", str(config), "--storage-path", str(storage))
+    proc = cli("llm-evo", "pool", str(config), "--storage-path", str(storage), env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = cli("llm-evo", "report", str(storage))
     assert report.returncode == 0, report.stderr
