@@ -2,9 +2,10 @@
 
 Every evaluation of a run scores the same items per task (the full subset), so the
 responses of every fully scored model (parents and promoted candidates) form a models x
-items matrix per task. From it, per task: a 2PL IRT fit (irt.py), anchors chosen from it
-(`irt`) or at random (`random`), and for a screened candidate an estimate of its mean over
-the full subset from its anchor responses. `random` anchors are estimated by their plain
+items matrix per task. From it, per task: a 2PL IRT fit (irt.py), anchors chosen as the
+items that best explain how those models differ (`irt`) or at random (`random`), and for a
+screened candidate an estimate of its mean over the full subset from its anchor responses
+(p-IRT). `random` anchors are estimated by their plain
 mean, the control that issue #17's bench compares against.
 
 Pure and deterministic: the same fully scored history gives the same anchors and the same
@@ -37,6 +38,53 @@ def irt_anchors(params: ItemParams, k: int) -> list[int]:
     return sorted(picks)
 
 
+RIDGE = 1.0  # the ridge penalty of informative_anchors' fits (unit: one test-taker's weight)
+
+
+def informative_anchors(responses: np.ndarray, params: ItemParams, k: int) -> list[int]:
+    """The k items whose responses best explain how the fully scored models differ.
+
+    Greedy forward selection: each step adds the item that most lowers the squared error
+    of a ridge regression of the models' subset means on the chosen items' responses. In
+    a merge search the test-takers are near neighbours: most items are answered alike by
+    every merge, and a few items carry the differences between them; these are the items
+    a candidate's rank depends on. Difficulty strata alone (`irt_anchors`) spend anchors
+    on items every merge gets right or wrong. Measured with bench/fitness_estimation.py
+    (docs/performance.md). Positions into `params.ids`; when fewer than k items vary,
+    the rest come from `irt_anchors`.
+    """
+    y = np.where(np.isnan(responses), np.nanmean(responses, axis=0, keepdims=True),
+                 responses)
+    y = np.nan_to_num(y, nan=0.0)
+    n, m = y.shape
+    if k >= m:
+        return list(range(m))
+    target = y.mean(1)
+    varying = [i for i in range(m) if y[:, i].var() > 0]
+    chosen: list[int] = []
+    while len(chosen) < k and len(chosen) < len(varying):
+        best, pick = np.inf, -1
+        for i in varying:
+            if i in chosen:
+                continue
+            x = np.c_[np.ones(n), y[:, chosen + [i]]]
+            penalty = RIDGE * np.eye(x.shape[1])
+            penalty[0, 0] = 0.0  # the intercept is not shrunk
+            w = np.linalg.solve(x.T @ x + penalty, x.T @ target)
+            err = float(((x @ w - target) ** 2).sum())
+            if err < best - 1e-12:
+                best, pick = err, i
+        chosen.append(pick)
+    if len(chosen) < k:
+        pos = {int(d): i for i, d in enumerate(params.ids)}
+        for d in [*irt_anchors(params, k), *params.ids.tolist()]:
+            if len(chosen) == k:
+                break
+            if pos[int(d)] not in chosen:
+                chosen.append(pos[int(d)])
+    return sorted(chosen)
+
+
 @dataclass
 class TaskPlan:
     """One task's full subset, its anchors and (with `irt`) its fitted items."""
@@ -63,8 +111,10 @@ class Screener:
             if method == "random":
                 plan = TaskPlan(ids, random_anchors(ids, anchors, seed))
             else:
-                params = fit_2pl(_matrix(history, task, ids), np.asarray(ids))
-                plan = TaskPlan(ids, irt_anchors(params, anchors), params)
+                responses = _matrix(history, task, ids)
+                params = fit_2pl(responses, np.asarray(ids))
+                picks = informative_anchors(responses, params, anchors)
+                plan = TaskPlan(ids, [ids[i] for i in picks], params)
             pos = {d: i for i, d in enumerate(ids)}
             plan.anchor_index = np.array([pos[d] for d in plan.anchors], dtype=int)
             self.plans[task] = plan

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from llm_evo.screening.estimator import irt_anchors, random_anchors
+from llm_evo.screening.estimator import informative_anchors, irt_anchors, random_anchors
 from llm_evo.screening.irt import estimate, fit_2pl
 
 N_FIT, N_NEW, N_ITEMS = 30, 200, 100
@@ -56,3 +56,48 @@ def test_anchors_are_deterministic_and_inside_the_subset(planted) -> None:
     assert set(irt_anchors(params, 10)) <= set(ids.tolist()) and len(irt_anchors(params, 10)) == 10
     assert random_anchors(list(ids), 10, 3) == random_anchors(list(ids), 10, 3)
     assert irt_anchors(params, 500) == sorted(ids.tolist())
+
+
+@pytest.fixture(scope="module")
+def near_neighbours():
+    """Models like a merge search's candidates: 60 items every model answers alike (40
+    right, 20 wrong) and 40 items on which they differ by a planted 2PL ability."""
+    rng = np.random.default_rng(1)
+    a, b = np.exp(rng.normal(0, 0.5, 40)), rng.normal(0, 1, 40)
+    theta = rng.normal(0, 1, N_FIT + N_NEW)
+    p = 1 / (1 + np.exp(-a * (theta[:, None] - b)))
+    varying = (rng.random(p.shape) < p).astype(float)
+    fixed = np.tile(np.r_[np.ones(40), np.zeros(20)], (N_FIT + N_NEW, 1))
+    order = rng.permutation(N_ITEMS)  # the varying items scattered among the others
+    y = np.c_[fixed, varying][:, order]
+    return y, set(np.flatnonzero(order >= 60).tolist())
+
+
+def test_informative_anchors_are_items_the_models_differ_on(near_neighbours) -> None:
+    y, varying = near_neighbours
+    ids = np.arange(N_ITEMS)
+    params = fit_2pl(y[:N_FIT], ids)
+    picks = informative_anchors(y[:N_FIT], params, 8)
+    assert len(picks) == 8 and set(picks) <= varying
+    assert picks == informative_anchors(y[:N_FIT], params, 8)  # deterministic
+    full = y[N_FIT:].mean(1)
+
+    def ranked(anchors) -> float:
+        index = np.array(anchors)
+        est = [estimate(params, index, y[j, index]) for j in range(N_FIT, N_FIT + N_NEW)]
+        return spearmanr(est, full)[0]
+
+    strata = irt_anchors(params, 8)  # difficulty strata: also spent on settled items
+    assert not set(strata) <= varying
+    assert ranked(picks) > ranked(strata) + 0.05
+
+
+def test_informative_anchors_fill_up_when_few_items_vary() -> None:
+    y = np.zeros((5, 20))
+    y[:, 3] = [1, 0, 1, 0, 1]  # one item varies, the others are settled
+    y[:, 10:] = 1
+    y[0, 7] = np.nan  # a hole is read as the item's mean, not as wrong
+    params = fit_2pl(y, np.arange(20))
+    picks = informative_anchors(y, params, 4)
+    assert len(picks) == 4 and 3 in picks and len(set(picks)) == 4
+    assert informative_anchors(y, params, 20) == list(range(20))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +110,9 @@ def test_mix_example_data_favours_the_expert(smol, tmp_path):
 def test_pool_merges_the_family(smol, tmp_path, ray_head):
     cfg = {
         "pool": {"models": [str(p) for p in smol["models"].values()],
-                 "base_model": str(smol["base"]), "top_k": 2, "max_rounds": 2},
+                 "base_model": str(smol["base"]), "top_k": 2, "max_rounds": 1},
         "tasks": smol["tasks"],
-        "limit": 12,
+        "limit": 8,
         "apply_chat_template": False,
         "fewshot_as_multiturn": False,
         "evaluation": {"task_search_path": [str(smol["tasks_dir"])], "dtype": "float32"},
@@ -121,6 +122,10 @@ def test_pool_merges_the_family(smol, tmp_path, ray_head):
     storage = tmp_path / "pool"
     proc = cli("llm-evo", "pool", str(config), "--storage-path", str(storage), env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    db = sqlite3.connect(storage / "llm_evo_pool.sqlite")
+    merged = db.execute("SELECT COUNT(*) FROM pool_models WHERE origin = 'merge' "
+                        "AND status = 'ok'").fetchone()[0]
+    assert merged >= 1  # a real merge of two fine-tunes, scored
     report = cli("llm-evo", "report", str(storage))
     assert report.returncode == 0, report.stderr
     assert "ft_science" in (storage / "report" / "summary.md").read_text()
