@@ -21,6 +21,12 @@ from pathlib import Path
 from tests.cli.helpers import BIN
 
 
+def record_of(root: str) -> Path:
+    """Where a head started under temp dir `root` records its address (as `ray.init()` reads
+    it with RAY_TMPDIR=root)."""
+    return Path(root) / "ray" / "ray_current_cluster"
+
+
 @dataclass
 class Head:
     """A head started by `ray start --head`; `env` is what a driver on it runs with."""
@@ -31,7 +37,7 @@ class Head:
 
     @property
     def record(self) -> Path:
-        return Path(self.root) / "ray" / "ray_current_cluster"
+        return record_of(self.root)
 
     def worker_logs(self, actor: str) -> list[str]:
         """Log files of `actor` processes the head's raylet started (one per actor)."""
@@ -58,7 +64,7 @@ def start_head(num_cpus: int = 2, num_gpus: int = 0) -> Head:
          f"--port={free_port()}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
          "--include-dashboard=false", "--disable-usage-stats"],
         capture_output=True, text=True, timeout=240, env=env)
-    record = Path(root) / "ray" / "ray_current_cluster"
+    record = record_of(root)
     if proc.returncode != 0 or not record.is_file():
         stop_head(root)
         raise RuntimeError(f"ray start --head failed: {proc.stderr[-2000:]}")
@@ -71,7 +77,7 @@ def head_processes(root: str) -> list:
     temp dir) and everything they started (workers rename themselves `ray::...`)."""
     import psutil
 
-    record = Path(root) / "ray" / "ray_current_cluster"
+    record = record_of(root)
     marks = [root]
     if record.is_file() and (address := record.read_text().strip()):
         marks.append(f"--address={address} ")

@@ -64,12 +64,12 @@ def informative_anchors(responses: np.ndarray, params: ItemParams, k: int) -> li
     chosen: list[int] = []
     while len(chosen) < k and len(chosen) < len(varying):
         best, pick = np.inf, -1
+        penalty = RIDGE * np.eye(len(chosen) + 2)
+        penalty[0, 0] = 0.0  # the intercept is not shrunk
         for i in varying:
             if i in chosen:
                 continue
             x = np.c_[np.ones(n), y[:, chosen + [i]]]
-            penalty = RIDGE * np.eye(x.shape[1])
-            penalty[0, 0] = 0.0  # the intercept is not shrunk
             w = np.linalg.solve(x.T @ x + penalty, x.T @ target)
             err = float(((x @ w - target) ** 2).sum())
             if err < best - 1e-12:
