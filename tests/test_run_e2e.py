@@ -61,36 +61,35 @@ def test_cli_run_records_everything_and_best_config_merges(tmp_path, tiny_family
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
 
 
-def test_joins_a_ray_head_started_with_ray_start(tmp_path, tiny_family):
+def test_joins_a_ray_head_started_with_ray_start(tmp_path, tiny_family, ray_head):
     """Without --ray-address, the live head `ray start` recorded is joined, as `ray.init()`
-    would; RAY_ADDRESS is honoured too. Only the head this test started is stopped."""
+    would; RAY_ADDRESS is honoured too; the head outlives both runs. The head is the
+    session's (conftest's ray_head, a plain `ray start --head`): other tests' workers are
+    in its logs too, so this counts the ones its own runs add."""
     from llm_evo.evaluation.cluster import gcs_answers
-    from tests.ray_helpers import start_head, stop_head
 
-    head = start_head(num_cpus=2)
-    try:
-        config = write_config(tmp_path, tiny_family, population=3, generations=1, limit=20,
-                              extra={"search": {"evaluate_parents": False}})
-        # 1. no address: the head recorded in Ray's temp dir (RAY_TMPDIR) is found and joined
-        proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "auto"),
-                   "--num-workers", "2", env=head.env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert f"joining the cluster at {head.address}" in proc.stderr
-        db = sqlite3.connect(tmp_path / "auto" / "llm_evo.sqlite")
-        assert [r[0] for r in db.execute("SELECT status FROM candidates")] == ["ok"] * 3
-        # its two workers ran on the head's node: their logs are in the head's session
-        assert len(head.worker_logs("EvalWorker")) == 2
-        # 2. RAY_ADDRESS, from a driver whose Ray temp dir holds no record at all
-        env = {k: v for k, v in head.env.items() if k != "RAY_TMPDIR"}
-        env["RAY_ADDRESS"] = head.address
-        proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "env"),
-                   "--num-workers", "2", env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert len(head.worker_logs("EvalWorker")) == 4
-        # the head is still up after both runs: llm-evo joined it and did not stop it
-        assert gcs_answers(head.address) and head.record.read_text().strip() == head.address
-    finally:
-        stop_head(head.root)
+    head = ray_head
+    config = write_config(tmp_path, tiny_family, population=3, generations=1, limit=20,
+                          extra={"search": {"evaluate_parents": False}})
+    before = len(head.worker_logs("EvalWorker"))
+    # 1. no address: the head recorded in Ray's temp dir (RAY_TMPDIR) is found and joined
+    proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "auto"),
+               "--num-workers", "2", env=head.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"joining the cluster at {head.address}" in proc.stderr
+    db = sqlite3.connect(tmp_path / "auto" / "llm_evo.sqlite")
+    assert [r[0] for r in db.execute("SELECT status FROM candidates")] == ["ok"] * 3
+    # its two workers ran on the head's node: their logs are in the head's session
+    assert len(head.worker_logs("EvalWorker")) == before + 2
+    # 2. RAY_ADDRESS, from a driver whose Ray temp dir holds no record at all
+    env = {k: v for k, v in head.env.items() if k != "RAY_TMPDIR"}
+    env["RAY_ADDRESS"] = head.address
+    proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "env"),
+               "--num-workers", "2", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(head.worker_logs("EvalWorker")) == before + 4
+    # the head is still up after both runs: llm-evo joined it and did not stop it
+    assert gcs_answers(head.address) and head.record.read_text().strip() == head.address
 
 
 def test_mergekit_evolve_example_config_validates_unchanged(repo_root, tiny_family):

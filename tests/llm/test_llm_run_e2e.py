@@ -21,13 +21,19 @@ def test_llm_strategy_run_stores_transcript_and_never_the_key(tmp_path, tiny_fam
                                                               llama_server, ray_head):
     config = write_config(tmp_path, tiny_family, strategy="llm", population=4, generations=2,
                           limit=20, extra={"search": {"evaluate_parents": False},
-                                           "llm": {"max_retries": 1, "max_tokens": 256}})
+                                           "llm": {"max_retries": 2, "max_tokens": 256}})
     storage = tmp_path / "run"
     env = {**ray_head.env, "OPENAI_API_KEY": SECRET}
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
                "--llm-base-url", llama_server, "--llm-model", "smollm2", "--num-workers", "2",
                "--verbose", env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # SmolLM2 samples: on one fresh clone it answered a weight of 193 (range 0..100) on
+    # every try. Then the run keeps everything and says so in one line, exit 1; what this
+    # test is about (the transcript, the key) holds either way.
+    if proc.returncode != 0:
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-3000:]
+        assert "no usable proposal in 1 generation" in errors[0], errors
     # generation 2 asked SmolLM2 for its mean; the summary says whether it was used
     assert "LLM proposals used: " in proc.stdout and " of 1 generations" in proc.stdout
 

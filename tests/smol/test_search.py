@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -59,14 +60,6 @@ def test_report_and_best_config_through_mergekit_yaml_and_lm_eval(disk_run, smol
                             str(out)], capture_output=True, text=True, timeout=600)
     assert merge.returncode == 0, merge.stderr[-2000:]
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    assert model.config.tie_word_embeddings
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    del model
-
     db = sqlite3.connect(storage / "llm_evo.sqlite")
     best = db.execute("SELECT results_json FROM candidates WHERE kind='candidate' AND "
                       "status='ok' ORDER BY score DESC LIMIT 1").fetchone()[0]
@@ -82,6 +75,25 @@ def test_report_and_best_config_through_mergekit_yaml_and_lm_eval(disk_run, smol
     got = json.loads(next((tmp / "lm_eval").rglob("results_*.json")).read_text())["results"]
     for task in smol["tasks"]:
         assert got[task]["acc,none"] == pytest.approx(want[f"{task}/acc,none"], abs=1e-9), task
+
+    # transformers loads the merge with its embeddings still tied, and lm-eval's accuracy
+    # on the generated tasks (seeded order, first LIMIT items) equals the family builder's
+    # own next-token accuracy: the YAMLs score what the builder measured
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.conftest import _load_script
+
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    builder, skills = _load_script("make_smol_family"), _load_script("smol_skills")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    for task in smol["family"]["tasks"].values():
+        items = [skills.Item(r["text"], tuple(r["choices"]), r["gold"]) for r in (
+            json.loads(line) for line in Path(task["data"]).open())][:LIMIT]
+        mine = builder.accuracy(model, tokenizer, items)
+        assert got[task["name"]]["acc,none"] == pytest.approx(mine, abs=1 / LIMIT), task
 
 
 def test_in_memory_run_scores_the_same_candidates_alike(disk_run, smol, tmp_path, ray_head):
