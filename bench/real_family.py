@@ -193,7 +193,7 @@ def holdout(family: dict, storage: Path, tasks: list[str], limit: int, fmt) -> N
     """The best merge and the parents on the held-out items the search never scored (those
     after the first `limit`): the search picked its best on the first ones, so this is the
     check free of selection bias. Scored with the builder's next-token accuracy, which
-    equals lm-eval's (tests/smol/test_family.py)."""
+    equals lm-eval's (tests/smol/test_search.py, on the best merge)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
