@@ -20,9 +20,13 @@ Design choices that make that answer robust:
   which keeps their deltas small and focused (task arithmetic needs that) and leaves
   embedding rows of tokens they never see untouched.
 
-Usage: ``python scripts/make_tiny_family.py --out models/tiny [--force]``. Library use:
-``build_family(out_dir)`` returns the ``family.json`` content and reuses a cached build
-whose fingerprint (sha256 of this file and of ``PARAMS``) matches.
+Usage: ``python scripts/make_tiny_family.py --out models/tiny [--force] [--in-place]``: the
+family is built once into the cache outside the clone (``$LLM_EVO_CACHE``, by default
+``~/.cache/llm-evo/tiny/<fingerprint>``, as the SmolLM2 family is) and ``--out`` becomes a
+link to it, so a fresh clone, or a second clone, of the same builder reuses it; ``--in-place``
+builds into ``--out`` itself. Library use: ``build_linked(link)``, or ``build_family(out_dir)``
+for a folder of your own; both return the ``family.json`` content and reuse a build whose
+fingerprint (sha256 of this file and of ``PARAMS``) matches.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -40,6 +45,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 # Everything here is local; never let transformers/datasets/lm-eval reach for the Hub.
@@ -554,6 +560,27 @@ def build_family(out_dir: Path, force: bool = False) -> dict[str, Any]:
         return _build(out_dir, fp)
 
 
+def build_linked(link: Path, force: bool = False) -> dict[str, Any]:
+    """Build (or reuse) the family in the cache outside the clone, keyed by the fingerprint
+    (family_cache.py says why), and point `link` (models/tiny) at it. Safe from several
+    processes at once (pytest-xdist workers): one builds, the others wait and reuse it."""
+    cache = _family_cache()
+    folder = cache.cache_root() / "tiny" / fingerprint()[:16]
+    family = build_family(folder, force=force)
+    with _build_lock(Path(link).absolute()):
+        cache.point_link(link, folder)
+    return family
+
+
+def _family_cache() -> ModuleType:
+    """scripts/family_cache.py (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parent / "family_cache.py"
+    spec = importlib.util.spec_from_file_location("_family_cache", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _build(out_dir: Path, fp: str) -> dict[str, Any]:
     import torch
 
@@ -707,11 +734,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/tiny"))
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument("--in-place", action="store_true",
+                        help="build into --out itself, not into the cache behind a link")
     parser.add_argument("--no-eval", action="store_true", help="skip the lm-eval table")
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    family = build_family(args.out, force=args.force)
+    build = build_family if args.in_place else build_linked
+    family = build(args.out, force=args.force)
     built = time.perf_counter() - t0
     print(f"family at {family['root']} (fingerprint {family['fingerprint'][:12]}, "
           f"{built:.1f}s)")

@@ -1,7 +1,9 @@
 """Session fixtures shared by the whole suite: the tiny model family, built once.
 
-The family is generated offline by scripts/make_tiny_family.py into models/tiny and reused
-across sessions while the script's fingerprint is unchanged (the demo shares it).
+The family is generated offline by scripts/make_tiny_family.py into the cache outside the
+clone (~/.cache/llm-evo/tiny/<fingerprint>, linked at models/tiny) and reused while the
+script's fingerprint is unchanged (the demo shares it). `make test` runs the suite on two
+pytest-xdist processes: session fixtures are per process, so the family builders lock.
 """
 
 from __future__ import annotations
@@ -46,10 +48,14 @@ def tiny_family() -> dict:
 
         return json.loads((Path(existing) / "family.json").read_text())
     builder = _load_script("make_tiny_family")
-    return builder.build_family(REPO / "models" / "tiny")
+    return builder.build_linked(REPO / "models" / "tiny")
 
 
 def pytest_collection_modifyitems(config, items):
+    # Files with end-to-end (slow) tests first, each file's tests in their order: a long
+    # file started last would leave one xdist process working alone at the end.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable
     try:
         import torch
 
@@ -68,8 +74,14 @@ def pytest_collection_modifyitems(config, items):
 def smol_family() -> dict:
     """SmolLM2-135M and its fine-tunes on real MMLU skills, built once into the cache
     outside the clone (~/.cache/llm-evo/smol/<fingerprint>) and linked at models/smol."""
+    import fcntl
+
     builder = _load_script("make_smol_family")
-    return builder.build_family(REPO / "models" / "smol")
+    lock = builder.cache_root() / "smol" / ".link.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as fh:  # the builder locks its build, not models/smol's link
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        return builder.build_family(REPO / "models" / "smol")
 
 
 @pytest.fixture(scope="session")
