@@ -5,7 +5,9 @@ their builder's source, so they are built once per fingerprint into
 ``$LLM_EVO_CACHE/<family>/<fingerprint>`` (by default ``~/.cache/llm-evo``) and a clone's
 ``models/<family>`` is a link to that folder: a fresh clone, a second clone or CI reuses
 the build instead of spending minutes of CPU on the same bytes. Nothing here is hashed into
-a fingerprint, so changing it rebuilds nothing.
+a fingerprint, so changing it rebuilds nothing. make_smol_family.py keeps its own older copy
+of these two (`cache_root`, `_link`): its fingerprint hashes its source, so moving them here
+would rebuild that family (10-22 minutes) on every machine; do it with its next real change.
 """
 
 from __future__ import annotations
