@@ -74,13 +74,10 @@ def pytest_collection_modifyitems(config, items):
 def smol_family() -> dict:
     """SmolLM2-135M and its fine-tunes on real MMLU skills, built once into the cache
     outside the clone (~/.cache/llm-evo/smol/<fingerprint>) and linked at models/smol."""
-    import fcntl
-
     builder = _load_script("make_smol_family")
-    lock = builder.cache_root() / "smol" / ".link.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("w") as fh:  # the builder locks its build, not models/smol's link
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    # The builder locks its build, not models/smol's link: xdist processes take its lock
+    # around both.
+    with builder._lock(builder.cache_root() / "smol" / ".link.lock"):
         return builder.build_family(REPO / "models" / "smol")
 
 
