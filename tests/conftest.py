@@ -87,9 +87,15 @@ def ray_head():
     cluster (`ray_head.env`: the environment a joining driver runs with). Each private
     cluster costs a run about 8 s of Ray start-up; a run on a private cluster stays covered
     (test_run_e2e's full run, the kill -9 of a driver and its cluster in the pool resume
-    test, SIGINT, the Ray failure tests). Stopped by its own processes, never `ray stop`."""
+    test, SIGINT, the Ray failure tests). Stopped by its own processes, never `ray stop`.
+
+    Each pytest-xdist process has a head of its own, offering its share of the machine's
+    cores: a run on it starts one CPU worker per core offered (on 2 cores and 2 processes,
+    one), so no run pays a second worker's start-up (torch, transformers, lm-eval and
+    mergekit imports: about 6 s of CPU) for cores the other process keeps busy."""
     from tests.ray_helpers import start_head, stop_head
 
-    head = start_head(num_cpus=2)
+    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    head = start_head(num_cpus=max(1, (os.cpu_count() or 1) // processes))
     yield head
     stop_head(head.root)

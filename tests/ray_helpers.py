@@ -34,6 +34,7 @@ class Head:
     root: str  # RAY_TMPDIR: Ray's temp dir is root/ray, its record root/ray/ray_current_cluster
     address: str  # as `ray start` recorded it
     env: dict[str, str] = field(default_factory=dict)
+    cpus: int = 2  # what it offers: a run on it starts min(4, cpus) CPU workers
 
     @property
     def record(self) -> Path:
@@ -68,7 +69,7 @@ def start_head(num_cpus: int = 2, num_gpus: int = 0) -> Head:
     if proc.returncode != 0 or not record.is_file():
         stop_head(root)
         raise RuntimeError(f"ray start --head failed: {proc.stderr[-2000:]}")
-    return Head(root, record.read_text().strip(), env)
+    return Head(root, record.read_text().strip(), env, num_cpus)
 
 
 def head_processes(root: str) -> list:

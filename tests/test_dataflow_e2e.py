@@ -43,14 +43,14 @@ def ps_then_dfs(tmp_path_factory, tiny_family, ray_head):
     ps = tmp / "ps"
     proc = cli("llm-evo", "run", str(dataflow_config("ps.yml", tiny_family, tmp,
                                                      population_size=4, max_generations=1)),
-               "--storage-path", str(ps), "--quiet", "--num-workers", "2", env=ray_head.env)
+               "--storage-path", str(ps), "--quiet", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (ps / "final_model" / "config.json").is_file()
     config = dataflow_config("ps_dfs.yml", tiny_family, tmp, ps, population_size=4,
                              max_generations=1)
     dfs = tmp / "dfs"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(dfs), "--quiet",
-               "--num-workers", "2", "--no-save-final-model", env=ray_head.env)
+               "--no-save-final-model", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, ps, dfs, config, proc
 
@@ -141,7 +141,7 @@ def test_in_memory_scores_every_candidate_as_on_disk(ps_then_dfs, tmp_path, ray_
     _, _, dfs, config, _ = ps_then_dfs
     storage = tmp_path / "in_memory"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage), "--quiet",
-               "--num-workers", "2", "--no-save-final-model", "--in-memory", env=ray_head.env)
+               "--no-save-final-model", "--in-memory", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     on_disk, in_memory = (candidate_rows(s, "genotype_json, status, results_json")
                           for s in (dfs, storage))

@@ -45,9 +45,11 @@ def checkpoint(storage: Path) -> tuple[int, str] | None:
 
 def start(config: Path, storage: Path, *, quiet: bool = True, stderr=subprocess.PIPE,
           env: dict | None = None, final_model: bool = True) -> subprocess.Popen:
+    """The run, on a private cluster of two workers, or joining the head `env` names (as
+    many workers as it offers cores)."""
     return subprocess.Popen(
         [str(BIN / "llm-evo"), "run", str(config), "--storage-path", str(storage),
-         "--num-workers", "2", *(["--quiet"] if quiet else []),
+         *(["--num-workers", "2"] if env is None else []), *(["--quiet"] if quiet else []),
          *([] if final_model else ["--no-save-final-model"])],
         stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True, env=env)
 
@@ -174,7 +176,7 @@ def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_setu
     config, env = kill_setup
     reference = tmp_path / "reference"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(reference),
-               "--num-workers", "2", "--quiet", "--no-save-final-model", env=env)
+               "--quiet", "--no-save-final-model", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = rows(reference)
     parents = sum(g < 0 for g, _ in expected)
@@ -197,7 +199,7 @@ def test_kill_9_three_times_then_resume_equals_uninterrupted(tmp_path, kill_setu
         # A screened slot (anchors only) may still be promoted and written again.
         seen = {slot: r[3] for slot, r in now.items() if r[2] != "estimated"}
     final = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
-                "--num-workers", "2", "--quiet", "--no-save-final-model", env=env)
+                "--quiet", "--no-save-final-model", env=env)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "resuming run 1" in final.stderr
 

@@ -73,21 +73,22 @@ def test_joins_a_ray_head_started_with_ray_start(tmp_path, tiny_family, ray_head
                           extra={"search": {"evaluate_parents": False}})
     before = len(head.worker_logs("EvalWorker"))
     # 1. no address: the head recorded in Ray's temp dir (RAY_TMPDIR) is found and joined
+    workers = min(4, head.cpus)  # the default: one per core the head offers
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "auto"),
-               "--num-workers", "2", env=head.env)
+               env=head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"joining the cluster at {head.address}" in proc.stderr
     db = sqlite3.connect(tmp_path / "auto" / "llm_evo.sqlite")
     assert [r[0] for r in db.execute("SELECT status FROM candidates")] == ["ok"] * 3
-    # its two workers ran on the head's node: their logs are in the head's session
-    assert len(head.worker_logs("EvalWorker")) == before + 2
+    # its workers ran on the head's node: their logs are in the head's session
+    assert len(head.worker_logs("EvalWorker")) == before + workers
     # 2. RAY_ADDRESS, from a driver whose Ray temp dir holds no record at all
     env = {k: v for k, v in head.env.items() if k != "RAY_TMPDIR"}
     env["RAY_ADDRESS"] = head.address
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(tmp_path / "env"),
-               "--num-workers", "2", env=env)
+               env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(head.worker_logs("EvalWorker")) == before + 4
+    assert len(head.worker_logs("EvalWorker")) == before + 2 * workers
     # the head is still up after both runs: llm-evo joined it and did not stop it
     assert gcs_answers(head.address) and head.record.read_text().strip() == head.address
 

@@ -10,6 +10,7 @@ candidate cannot take the run down.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -62,6 +63,25 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def settle_heap(backend: str) -> None:
+    """Import what a first candidate would, then take every object alive now out of the
+    cyclic garbage collector's view (`gc.freeze`).
+
+    A worker's long-lived state (torch, transformers, mergekit and lm-eval's modules, the
+    tasks and their documents: about half a million objects) otherwise makes every full
+    collection walk it, and the disk backend collects after each candidate so that a
+    model's memory is free before the next one loads: 0.34 s of a 1.2 s candidate on the
+    tiny family. Frozen objects are still freed when their last reference goes; only a
+    cycle among them would outlive its use, and nothing of a candidate exists yet here.
+    """
+    import mergekit.merge  # noqa: F401 - what the first merge imports
+
+    if backend == "hf":
+        import lm_eval.models.huggingface  # noqa: F401 - the first model load's imports
+    gc.collect()
+    gc.freeze()
+
+
 def _quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -77,7 +97,9 @@ class EvalWorker:
     a `MergeWorker` on the same node has merged (serial scheduling).
     """
 
-    def __init__(self, spec: WorkerSpec, worker_id: str = "w0"):
+    def __init__(self, spec: WorkerSpec, worker_id: str = "w0", *, owns_process: bool = False):
+        """`owns_process`: nothing else lives in this process (a Ray actor), so the worker
+        may settle its heap once it is set up (`settle_heap`)."""
         _quiet()
         import torch
 
@@ -107,6 +129,8 @@ class EvalWorker:
         self.backend = make_backend(spec, self.device, self.dtype, self.harness)
         self._pending: tuple[tuple, Future] | None = None
         self._pool: ThreadPoolExecutor | None = None
+        if owns_process:
+            settle_heap(spec.backend)
 
     def info(self) -> dict:
         return {

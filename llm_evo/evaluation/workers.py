@@ -111,7 +111,8 @@ class WorkerSet:
             self._start_pairs(ray, eval_cls, ray.remote(**restarts)(MergeWorker), spec,
                               n_workers, per_actor)
         else:
-            self.actors = [eval_cls.options(**per_actor).remote(spec, f"w{i}")
+            self.actors = [eval_cls.options(**per_actor).remote(spec, f"w{i}",
+                                                                owns_process=True)
                            for i in range(n_workers)]
         try:
             self.worker_info = ray.get([a.info.remote() for a in self.actors])
@@ -169,7 +170,7 @@ class WorkerSet:
             self.mergers.append(merge_cls.options(num_cpus=1, scheduling_strategy=on(0))
                                 .remote(spec, f"m{i}"))
             self.actors.append(eval_cls.options(**per_actor, scheduling_strategy=on(1))
-                               .remote(spec, f"w{i}"))
+                               .remote(spec, f"w{i}", owns_process=True))
 
     def _reshard(self, spec: WorkerSpec) -> WorkerSpec:
         """Copy the input models into the storage path once, before any worker starts."""

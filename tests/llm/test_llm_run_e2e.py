@@ -25,8 +25,8 @@ def test_llm_strategy_run_stores_transcript_and_never_the_key(tmp_path, tiny_fam
     storage = tmp_path / "run"
     env = {**ray_head.env, "OPENAI_API_KEY": SECRET}
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
-               "--llm-base-url", llama_server, "--llm-model", "smollm2", "--num-workers", "2",
-               "--verbose", env=env)
+               "--llm-base-url", llama_server, "--llm-model", "smollm2", "--verbose",
+               env=env)
     # SmolLM2 samples: on one fresh clone it answered a weight of 193 (range 0..100) on
     # every try. Then the run keeps everything and says so in one line, exit 1; what this
     # test is about (the transcript, the key) holds either way.
@@ -69,7 +69,7 @@ def test_an_llm_that_never_answers_usably_fails_the_run_out_loud(tmp_path, tiny_
     storage = tmp_path / "run"
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
                "--llm-base-url", fault_server.url, "--llm-model", "fault",
-               "--num-workers", "2", env={**ray_head.env, "OPENAI_API_KEY": API_KEY})
+               env={**ray_head.env, "OPENAI_API_KEY": API_KEY})
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -25,7 +25,7 @@ def test_pool_runs_to_convergence_records_lineage_and_draws_the_tree(tmp_path, p
     storage = tmp_path / "pool"
     inputs_before = _snapshot(pool_models["models"])
     proc = cli("llm-evo", "pool", str(config), "--storage-path", str(storage),
-               "--num-workers", "2", env=ray_head.env)
+               env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pool run 1: stopped (" in proc.stdout and "best " in proc.stdout
 
@@ -88,7 +88,7 @@ def test_without_exploration_and_with_a_budget(tmp_path, pool_models, ray_head):
     config = write_pool_config(tmp_path, pool_models)
     storage = tmp_path / "pool"
     proc = cli("llm-evo", "pool", str(config), "--storage-path", str(storage),
-               "--num-workers", "2", "--no-exploration", "--max-evaluations", "12", "--quiet",
+               "--no-exploration", "--max-evaluations", "12", "--quiet",
                env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     db = sqlite3.connect(storage / "llm_evo_pool.sqlite")
@@ -132,7 +132,7 @@ def test_a_failed_merge_is_recorded_and_the_round_goes_on(tmp_path, pool_models,
     config = write_pool_config(tmp_path, models, max_rounds=1, exploration=False)
     storage = tmp_path / "pool"
     proc = cli("llm-evo", "pool", str(config), "--storage-path", str(storage),
-               "--num-workers", "2", "--quiet", env=ray_head.env)
+               "--quiet", env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     db = sqlite3.connect(storage / "llm_evo_pool.sqlite")
     rows = db.execute("SELECT name, parent_a, parent_b, status, error, eval_order, t_merge "

@@ -107,7 +107,7 @@ def test_old_run_ledger_resumes_to_the_end(workdir: Path, ray_head) -> None:
     before = query(db, slots)
     assert len(before) == 5  # three parents and generation 1 of 3, then the kill
     proc = cli("llm-evo", "run", str(config), "--storage-path", str(storage),
-               "--num-workers", "2", "--no-save-final-model", "--quiet", cwd=workdir,
+               "--no-save-final-model", "--quiet", cwd=workdir,
                env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming run 1" in proc.stderr
@@ -129,7 +129,7 @@ def test_old_pool_ledger_resumes_to_the_end(workdir: Path, ray_head) -> None:
     before = query(db, scored)
     assert sorted(r[0] for r in before) == ["ft_arith", "ft_category"]  # the inputs, then kill
     proc = cli("llm-evo", "pool", str(config), "--storage-path", str(storage),
-               "--num-workers", "2", "--quiet", cwd=workdir, env=ray_head.env)
+               "--quiet", cwd=workdir, env=ray_head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming pool run 1 (running)" in proc.stderr
     assert query(db, "SELECT id, status FROM pool_runs") == [(1, "finished")]
