@@ -90,12 +90,13 @@ def ray_head():
     test, SIGINT, the Ray failure tests). Stopped by its own processes, never `ray stop`.
 
     Each pytest-xdist process has a head of its own, offering its share of the machine's
-    cores: a run on it starts one CPU worker per core offered (on 2 cores and 2 processes,
-    one), so no run pays a second worker's start-up (torch, transformers, lm-eval and
-    mergekit imports: about 6 s of CPU) for cores the other process keeps busy."""
+    cores, at most 2: a run on it starts one CPU worker per core offered (on 2 cores and 2
+    processes, one), so no run pays a second worker's start-up (torch, transformers,
+    lm-eval and mergekit imports: about 6 s of CPU) for cores the other process keeps busy,
+    and a big machine does not give each run more workers (and resident models) than 2."""
     from tests.ray_helpers import start_head, stop_head
 
     processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    head = start_head(num_cpus=max(1, (os.cpu_count() or 1) // processes))
+    head = start_head(num_cpus=max(1, min(2, (os.cpu_count() or 1) // processes)))
     yield head
     stop_head(head.root)
