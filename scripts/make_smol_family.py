@@ -10,14 +10,19 @@ YAMLs over the held-out items.
 
 Fine-tunes train every weight but the (tied) embeddings, on the answer token only, with
 left padding so one logits row per example is computed (the 49k-word head is a fifth of a
-forward pass). Everything is seeded and runs on two threads.
+forward pass). A batch is 16 neighbours in token length (a random window of the training
+items sorted by length): a batch of 16 random items is padded to its longest, about twice
+the tokens of a length-bucketed one, and the fine-tune's cost is its tokens (the build's
+time on 2 cores was dominated by padding). Scoring sorts by length for the same reason.
+Everything is seeded and runs on two threads; ``--device cuda`` builds on a GPU (another
+cache entry: the weights differ from a CPU build in the last bits).
 
 The family lives in a cache outside the clone, keyed by a fingerprint of this file, the
 skills file, PARAMS and the GGUF's size: ``$LLM_EVO_CACHE/smol/<fp>`` (default
 ``~/.cache/llm-evo``); ``--out`` (default ``models/smol``) is a symlink to it. A second
 call with the same inputs returns at once.
 
-Usage: ``python scripts/make_smol_family.py [--out models/smol] [--force]``
+Usage: ``python scripts/make_smol_family.py [--out models/smol] [--force] [--device cuda]``
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ PARAMS: dict[str, Any] = {
     "seed": 2026,
     "threads": 2,
     "n_eval": 200,
-    "finetune": {"batch_size": 16, "warmup": 10, "weight_decay": 0.0, "frozen": ["embed_tokens"]},
+    "finetune": {"batch_size": 16, "warmup": 10, "weight_decay": 0.0, "frozen": ["embed_tokens"],
+                 "batches": "length-window"},
     "skills": {
         "science": {"task": "smol_science", "steps": 60, "lr": 1e-4},
         "society": {"task": "smol_society", "steps": 60, "lr": 1e-4},
@@ -78,13 +84,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("LLM_EVO_CACHE", Path.home() / ".cache" / "llm-evo"))
 
 
-def fingerprint() -> str:
+def fingerprint(device: str = "cpu") -> str:
     digest = hashlib.sha256()
     digest.update(Path(__file__).read_bytes())
     digest.update((HERE / "smol_skills.py").read_bytes())
     digest.update(json.dumps(PARAMS, sort_keys=True).encode())
     gguf = gguf_path()
     digest.update(f"{gguf.name}:{gguf.stat().st_size}".encode())
+    if device != "cpu":
+        digest.update(f"device:{device}".encode())
     return digest.hexdigest()
 
 
@@ -106,17 +114,18 @@ def _read_family(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def build_family(out: Path | None = None, force: bool = False) -> dict[str, Any]:
+def build_family(out: Path | None = None, force: bool = False,
+                 device: str = "cpu") -> dict[str, Any]:
     """Return family.json's content, building the family into the cache if needed.
 
     Safe from several processes at once: one builds, the others wait and reuse it.
     """
-    fp = fingerprint()
+    fp = fingerprint(device)
     folder = cache_root() / "smol" / fp[:16]
     with _lock(cache_root() / "smol" / f".{fp[:16]}.lock"):
         family = None if force else _read_family(folder)
         if family is None or family.get("fingerprint") != fp:
-            family = _build(folder, fp)
+            family = _build(folder, fp, device)
     if out is not None:
         _link(Path(out), folder)
     return family
@@ -157,15 +166,25 @@ def dequantise(dest: Path) -> Any:
 
 
 def _check_special_tokens(tokenizer: Any) -> None:
-    """GGUF tokenizer conversions have swapped BOS/EOS before: pin what SmolLM2 uses."""
+    """GGUF tokenizer conversions swap BOS/EOS (transformers 5.17 reads SmolLM2's EOS as
+    `<|im_start|>`; 5.25 reads it right): pin what SmolLM2 uses, and say so when pinned."""
     expected = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}
     for name, token in expected.items():
-        if getattr(tokenizer, name) != token:
-            raise RuntimeError(f"GGUF tokenizer {name} is {getattr(tokenizer, name)!r}, "
-                               f"expected {token!r}")
+        current = getattr(tokenizer, name)
+        if current == token:
+            continue
+        if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+            raise RuntimeError(f"GGUF tokenizer {name} is {current!r} and {token!r} is not in "
+                               "its vocabulary")
+        print(f"GGUF tokenizer {name} read as {current!r}; pinned to {token!r}",
+              file=sys.stderr)
+        setattr(tokenizer, name, token)
+        if name == "eos_token" and tokenizer.pad_token in (None, current):
+            tokenizer.pad_token = token
 
 
-def _batch(tokenizer: Any, items: Sequence[Any], with_answer: bool) -> tuple[Any, ...]:
+def _batch(tokenizer: Any, items: Sequence[Any], with_answer: bool,
+           device: str = "cpu") -> tuple[Any, ...]:
     """Left-padded ids, mask and positions: the last column is the answer (or the prompt end)."""
     import torch
 
@@ -181,7 +200,15 @@ def _batch(tokenizer: Any, items: Sequence[Any], with_answer: bool) -> tuple[Any
     for row, seq in enumerate(seqs):
         ids[row, width - len(seq):] = torch.tensor(seq)
         mask[row, width - len(seq):] = 1
-    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def by_length(tokenizer: Any, items: Sequence[Any]) -> list[Any]:
+    """Items sorted by prompt length (ties in their given order): batches of neighbours are
+    padded little."""
+    lengths = [len(tokenizer.encode(item.text)) for item in items]
+    return [items[i] for i in sorted(range(len(items)), key=lambda i: (lengths[i], i))]
 
 
 def answer_token(tokenizer: Any, word: str) -> int:
@@ -201,11 +228,14 @@ def finetune(model: Any, tokenizer: Any, train: Sequence[Any], steps: int, lr: f
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg["weight_decay"])
     rng = random.Random(seed)
+    ordered, size = by_length(tokenizer, train), cfg["batch_size"]
+    device = next(model.parameters()).device
     model.train()
     losses = []
     for step in range(steps):
-        batch = [train[rng.randrange(len(train))] for _ in range(cfg["batch_size"])]
-        ids, mask, pos = _batch(tokenizer, batch, with_answer=True)
+        start = rng.randrange(len(ordered) - size + 1)
+        ids, mask, pos = _batch(tokenizer, ordered[start:start + size], with_answer=True,
+                                device=device)
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / cfg["warmup"])
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
@@ -225,11 +255,12 @@ def accuracy(model: Any, tokenizer: Any, items: Sequence[Any], batch_size: int =
     """Fraction of items whose gold choice has the highest next-token logit (lm-eval's acc)."""
     import torch
 
-    correct = 0
+    correct, items = 0, by_length(tokenizer, items)
+    device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            ids, mask, pos = _batch(tokenizer, chunk, with_answer=False)
+            ids, mask, pos = _batch(tokenizer, chunk, with_answer=False, device=device)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
                            logits_to_keep=1).logits[:, -1]
             for row, item in enumerate(chunk):
@@ -267,7 +298,7 @@ def write_task(tasks_dir: Path, task: str, items: Sequence[Any]) -> dict[str, st
     return {"name": task, "data": str(data), "yaml": str(yaml), "n": len(items)}
 
 
-def _build(folder: Path, fp: str) -> dict[str, Any]:
+def _build(folder: Path, fp: str, device: str = "cpu") -> dict[str, Any]:
     import torch
     from tqdm import tqdm
     from transformers import LlamaForCausalLM
@@ -297,7 +328,8 @@ def _build(folder: Path, fp: str) -> dict[str, Any]:
     timings["dequantise_s"] = round(time.perf_counter() - t, 1)
 
     def load_base() -> Any:
-        return LlamaForCausalLM.from_pretrained(tmp / "base", dtype=torch.float32).eval()
+        return LlamaForCausalLM.from_pretrained(tmp / "base", dtype=torch.float32).to(
+            device).eval()
 
     scores: dict[str, dict[str, float]] = {"base": {}}
     models = {"base": {"dir": "base", "role": "base", "skill": None}}
@@ -328,6 +360,7 @@ def _build(folder: Path, fp: str) -> dict[str, Any]:
         "tasks_dir": str(folder / "tasks"), "train_dir": str(folder / "train"), "base": "base",
         "finetunes": [m for m in models if m != "base"], "models": models,
         "tasks": tasks, "scores": scores, "timings": timings, "params": PARAMS,
+        "device": device,
     }
     for model in models.values():
         model["path"] = str(folder / model["dir"])
@@ -358,9 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("models/smol"),
                         help="symlink to the cached family (default: models/smol)")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for the fine-tunes and scoring (default: cpu)")
     args = parser.parse_args(argv)
     t = time.perf_counter()
-    family = build_family(args.out, force=args.force)
+    family = build_family(args.out, force=args.force, device=args.device)
     print(f"SmolLM2-135M family in {args.out} -> {family['root']} "
           f"({time.perf_counter() - t:.1f} s; built in {family['timings']['total_s']} s)")
     print(format_table(family))

@@ -71,3 +71,40 @@ def test_shipped_smol_config_validates(smol, repo_root):
     assert proc.returncode == 0, proc.stderr
     assert "layers: 30 in 3 group(s) of 10" in proc.stdout, proc.stdout
     assert "genes: 3 x 3 x 1 x 1 = 9" in proc.stdout, proc.stdout
+
+
+def test_swapped_gguf_special_tokens_are_pinned_and_said(smol, capsys):
+    """transformers 5.17 reads SmolLM2's GGUF EOS as <|im_start|> (seen on a GPU machine):
+    the builder pins it back, pad with it, and says so."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import _load_script
+
+    builder = _load_script("make_smol_family")
+    tok = AutoTokenizer.from_pretrained(smol["base"])
+    tok.eos_token = tok.pad_token = "<|im_start|>"
+    builder._check_special_tokens(tok)
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (
+        "<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert "eos_token read as '<|im_start|>'; pinned to '<|im_end|>'" in capsys.readouterr().err
+    builder._check_special_tokens(tok)  # right tokens: nothing to say
+    assert capsys.readouterr().err == ""
+
+
+def test_finetune_batches_are_length_neighbours(smol):
+    """A fine-tune batch is a window of the length-sorted items: it is padded far less than
+    16 random items would be (the build's cost is its tokens)."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import _load_script
+
+    builder = _load_script("make_smol_family")
+    skills = builder._skills_module()
+    tok = AutoTokenizer.from_pretrained(smol["base"])
+    train_file = Path(smol["family"]["train_dir"]) / "smol_science.jsonl"
+    items = [skills.Item(**json.loads(line)) for line in train_file.open()]
+    ordered = builder.by_length(tok, items)
+    lengths = [len(tok.encode(i.text)) for i in ordered]
+    assert lengths == sorted(lengths) and len(ordered) == len(items)
+    ids, mask, _ = builder._batch(tok, ordered[100:116], with_answer=True)
+    assert mask.float().mean() > 0.9  # neighbours in length: little padding
