@@ -110,9 +110,10 @@ class GenomeConfig(Frozen):
         return self.merge_method in ("linear", "ties", "dare_ties")
 
 
-# The strategy that won bench/search_quality.py at 48 and 96 evaluations (docs/performance.md):
-# on the 48-gene genome optuna's GP sampler beat CMA-ES, mergekit-evolve's, by 3 standard
-# errors. `--sigma0` (pycma's step size) still selects cma on a command line.
+# The strategy that won bench/search_quality.py at 48 and 96 evaluations on 2026-12-03's tiny
+# build (3.4 standard errors over CMA-ES, mergekit-evolve's, on the 48-gene genome); on
+# another machine's build, over 10 seeds, it only ties CMA-ES (docs/performance.md): the
+# choice is open (issue #16). `--sigma0` (pycma's step size) still selects cma.
 DEFAULT_STRATEGY = "gp"
 
 
