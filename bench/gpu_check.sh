@@ -68,5 +68,5 @@ run_search search_in_memory 150 --in-memory --timeout 90
 stage gpu_tests 80 $PY -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/kinship/test_kinship_metrics.py tests/kinship/test_fast_kernels.py
 
-run_search search_on_disk 90 --max-fevals 12
+run_search search_on_disk 150 --max-fevals 12
 echo "done" >>"$SUMMARY"
