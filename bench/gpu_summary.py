@@ -8,18 +8,13 @@ Usage: ``python bench/gpu_summary.py RUN_STORAGE``
 
 from __future__ import annotations
 
-import math
+import json
 import sys
 from pathlib import Path
 
+from real_family import mean, skill_mean  # bench/, the script's own folder
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def skill_mean(results: dict, n_items: int) -> tuple[float, float]:
-    """Mean accuracy over the tasks' acc metrics and its binomial standard error."""
-    accs = [v for k, v in results.items() if k.endswith("/acc,none")]
-    var = sum(a * (1 - a) / n_items for a in accs) / len(accs) ** 2
-    return sum(accs) / len(accs), math.sqrt(var)
 
 
 def main(storage: str) -> int:
@@ -40,16 +35,17 @@ def main(storage: str) -> int:
           f"status {run['status']}")
     if not cands:
         return 1
-    n = 100  # configs/smol.yml's limit
+    config = json.loads(run["config_json"])
+    tasks, n = [t["name"] for t in config["tasks"]], config["limit"]
     best = max(cands, key=lambda r: r.score)
-    b, se = skill_mean(best.results, n)
-    top = max(skill_mean(p.results, n)[0] for p in parents) if parents else float("nan")
+    b, se = skill_mean(best.results, tasks, n)
+    top = max(skill_mean(p.results, tasks, n)[0] for p in parents) if parents else float("nan")
     print(f"{name}: best mean {b:.3f} (SE {se:.3f}), best parent {top:.3f}, "
           f"margin {b - top:+.3f} = {(b - top) / se:.1f} SE")
     timed = [r for r in cands if r.t_total]
-    merge = sum(r.t_merge or 0.0 for r in timed) / len(timed)
-    evaluate = sum(r.t_eval or 0.0 for r in timed) / len(timed)
-    total = sum(r.t_total for r in timed) / len(timed)
+    merge = mean(r.t_merge or 0.0 for r in timed)
+    evaluate = mean(r.t_eval or 0.0 for r in timed)
+    total = mean(r.t_total for r in timed)
     print(f"{name}: per candidate {total:.2f} s: merge {merge:.2f}, evaluate {evaluate:.2f}, "
           f"other {total - merge - evaluate:.2f}; non-eval share "
           f"{(total - evaluate) / total:.0%}")
