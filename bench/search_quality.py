@@ -13,8 +13,10 @@ standard error is the binomial one of the median-best merge's task accuracies.
 
 Run from the repo root after `make models` (and `make smol-family` for smol):
 ``python bench/search_quality.py [--genomes tiny-easy,tiny-hard] [--strategies
-cma,random,tpe,gp,nsga2] [--seeds 5] [--budgets 16,32,48,96] [--limit 40] [--markdown]
-[--json F]``. The llm strategy (and llm-original, LLM-Evo-Merge's design: the LLM's
+cma,ctf,random,tpe,gp,nsga2] [--seeds 5] [--budgets 16,32,48,96] [--limit 40] [--markdown]
+[--json F]``; ``--first-seed N --threads T`` split the seeds over processes on a
+larger machine, and ``--combine F.json ...`` prints one table from their files. The llm
+strategy (and llm-original, LLM-Evo-Merge's design: the LLM's
 mean for the whole generation, no trust region; and llm-blocks, EvoLLM's block-wise
 queries, one request per --block-rows rows) needs a server: ``--local-llm`` starts
 the local SmolLM2-135M llama.cpp server (`make demo`'s), or ``--llm-url URL --llm-model
@@ -68,13 +70,13 @@ def genome_of(name: str):
             REPO / "models/smol/tasks")
 
 
-def worker_for(tasks, task_dir: Path, limit: int):
+def worker_for(tasks, task_dir: Path, limit: int, threads: int = 2):
     from llm_evo.evaluation.jobs import TaskSpec, WorkerSpec
     from llm_evo.evaluation.worker import EvalWorker
 
     spec = WorkerSpec(tasks=tuple(TaskSpec(t, 1.0, "acc,none") for t in tasks),
                       task_search_paths=(str(task_dir),), merge_dir="/tmp/llm-evo-sq",
-                      limit=limit, batch_size=32, torch_threads=2, in_memory=True,
+                      limit=limit, batch_size=32, torch_threads=threads, in_memory=True,
                       dtype="float32")
     return EvalWorker(spec, "bench")
 
@@ -113,8 +115,13 @@ def binomial_se(results: dict, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--genomes", default="tiny-easy,tiny-hard")
-    ap.add_argument("--strategies", default="cma,random,tpe,gp,nsga2")
+    ap.add_argument("--strategies", default="cma,ctf,random,tpe,gp,nsga2")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first-seed .. first-seed+seeds-1 (to split seeds over processes)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the evaluator")
+    ap.add_argument("--generations-per-level", type=int,
+                    help="ctf: generations per tied level (default: the strategy's)")
     ap.add_argument("--budgets", default="16,32,48,96")
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--llm-url")
@@ -125,7 +132,12 @@ def main() -> None:
                     help="llm-blocks: rows (layer groups) per block-wise query")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="print one table from the --json files of runs split by seed")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine, [int(b) for b in args.budgets.split(",")], args.markdown)
+        return
     if args.local_llm:
         from llm_evo.local_llm import MODEL_NAME, local_llm_server
 
@@ -145,14 +157,16 @@ def run(args: argparse.Namespace) -> None:
     rows, raw = [], {}
     for gname in args.genomes.split(","):
         genome, tasks, task_dir = genome_of(gname)
-        worker = worker_for(tasks, task_dir, args.limit)
+        worker = worker_for(tasks, task_dir, args.limit, args.threads)
         for sname in args.strategies.split(","):
             t0 = time.perf_counter()
             curves, finals = [], []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 kw = {"seed": seed, "population_size": POPULATION}
                 if sname == "nsga2":
                     kw["n_objectives"] = len(tasks)
+                if sname == "ctf" and args.generations_per_level:
+                    kw["generations_per_level"] = args.generations_per_level
                 if sname.startswith("llm"):  # llm-original: LLM-Evo-Merge's design
                     from llm_evo.config import LLMConfig
 
@@ -166,22 +180,55 @@ def run(args: argparse.Namespace) -> None:
                 curves.append(curve)
                 best_i = int(np.argmax([c if c is not None else -1 for c in curve]))
                 finals.append(results[best_i])
-            med = {b: float(np.median([c[b - 1] for c in curves])) for b in budgets}
-            i48 = min(budgets, key=lambda b: abs(b - 48))
-            order = np.argsort([c[i48 - 1] for c in curves])
-            median_final = finals[int(order[len(order) // 2])] or {}
-            se = binomial_se(median_final, args.limit) if median_final else float("nan")
-            raw[f"{gname}/{sname}"] = {"curves": curves, "median": med, "se": se}
-            rows.append([gname, str(genome.n_genes), sname,
-                         *(f"{med[b]:.3f}" for b in budgets), f"{se:.3f}",
-                         f"{(time.perf_counter() - t0) / args.seeds:.0f}"])
+                entry = {"genes": genome.n_genes, "limit": args.limit,
+                         "seeds": list(range(args.first_seed, seed + 1)),
+                         "curves": curves, "finals": finals,
+                         "s_per_seed": (time.perf_counter() - t0) / len(curves)}
+                raw[f"{gname}/{sname}"] = entry
+                if args.json:  # after every seed, so a run cut short keeps what it finished
+                    Path(args.json).write_text(json.dumps(raw))
+            rows.append(table_row(f"{gname}/{sname}", entry, budgets))
             print(" | ".join(rows[-1]), flush=True)
+    print_table(rows, budgets, args.markdown)
+
+
+def table_row(key: str, entry: dict, budgets: list[int]) -> list[str]:
+    """genome, genes, strategy, the median best at each budget, the SE of the median-best
+    merge's score at (about) 48 evaluations, seconds per seed."""
+    curves, finals = entry["curves"], entry["finals"]
+    med = {b: float(np.median([c[b - 1] for c in curves])) for b in budgets}
+    i48 = min(budgets, key=lambda b: abs(b - 48))
+    order = np.argsort([c[i48 - 1] for c in curves])
+    median_final = finals[int(order[len(order) // 2])] or {}
+    se = binomial_se(median_final, entry["limit"]) if median_final else float("nan")
+    gname, sname = key.split("/")
+    return [gname, str(entry["genes"]), sname, *(f"{med[b]:.3f}" for b in budgets),
+            f"{se:.3f}", f"{entry['s_per_seed']:.0f}"]
+
+
+def print_table(rows: list[list[str]], budgets: list[int], markdown: bool) -> None:
     header = ["genome", "genes", "strategy", *(f"best@{b}" for b in budgets), "SE",
               "s/seed"]
-    print(markdown_table(header, rows) if args.markdown else "\n".join(
+    print(markdown_table(header, rows) if markdown else "\n".join(
         " | ".join(r) for r in [header, *rows]))
-    if args.json:
-        Path(args.json).write_text(json.dumps(raw))
+
+
+def combine(paths: list[str], budgets: list[int], markdown: bool) -> None:
+    """One table from the --json files of runs that split the seeds between them."""
+    merged: dict[str, dict] = {}
+    for path in paths:
+        for key, entry in json.loads(Path(path).read_text()).items():
+            into = merged.setdefault(key, {**entry, "curves": [], "finals": [], "seeds": [],
+                                           "s_per_seed": 0.0})
+            n = len(into["seeds"])
+            into["s_per_seed"] = ((into["s_per_seed"] * n + entry["s_per_seed"]
+                                   * len(entry["seeds"])) / (n + len(entry["seeds"])))
+            for name in ("curves", "finals", "seeds"):
+                into[name] += entry[name]
+    for key, entry in merged.items():
+        print(f"{key}: seeds {sorted(entry['seeds'])}; best at {budgets[-1]} per seed "
+              f"{[round(c[budgets[-1] - 1], 3) for c in entry['curves']]}")
+    print_table([table_row(k, e, budgets) for k, e in merged.items()], budgets, markdown)
 
 
 if __name__ == "__main__":

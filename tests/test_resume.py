@@ -137,7 +137,8 @@ def config(tmp_path, tiny_family):
 # gp runs with evaluation.screening on (issue #17), whose promoted slots are written twice:
 # one run resumes both gp's state and a screened generation's two passes. tpe runs a
 # data-flow genome (issue #18): stacked layers, passthrough merges, failed (too long) paths.
-KILL_STRATEGIES = ["cma", "random", "tpe-dataflow", "gp-screened", "nsga2"]
+# ctf moves to a finer level every generation, so a resume lands in each of its levels.
+KILL_STRATEGIES = ["cma", "ctf", "random", "tpe-dataflow", "gp-screened", "nsga2"]
 # Every driver joins the session's `ray start` head (conftest's ray_head), as on a cluster,
 # which outlives each killed driver (and saves each driver Ray's start-up, which made this
 # test 75-86 s a strategy).
@@ -157,6 +158,8 @@ def kill_setup(request, tmp_path, tiny_family) -> tuple[Path, dict]:
     extra: dict = {"search": search}
     if strategy == "nsga2":
         search["objective"] = "pareto"
+    if strategy == "ctf":
+        search["generations_per_level"] = 1
     if variant == "screened":  # its anchors are chosen from the parents' items
         search["evaluate_parents"] = True
         extra["shuffle"] = True

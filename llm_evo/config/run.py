@@ -110,10 +110,11 @@ class GenomeConfig(Frozen):
         return self.merge_method in ("linear", "ties", "dare_ties")
 
 
-# The strategy that won bench/search_quality.py at 48 and 96 evaluations on 2026-12-03's tiny
-# build (3.4 standard errors over CMA-ES, mergekit-evolve's, on the 48-gene genome); on
-# another machine's build, over 10 seeds, it only ties CMA-ES (docs/performance.md): the
-# choice is open (issue #16). `--sigma0` (pycma's step size) still selects cma.
+# The default strategy, chosen by bench/search_quality.py (docs/performance.md): on the 48-gene
+# genome at 48 evaluations optuna's GP sampler is never behind CMA-ES (mergekit-evolve's) on
+# three builds of the tiny family (+0.225, +0.000, +0.050; one standard error is about
+# 0.07), and it can search a Pareto front. No strategy beats CMA-ES by a standard error on
+# every build (issue #16). `--sigma0` (pycma's step size) still selects cma.
 DEFAULT_STRATEGY = "gp"
 
 
@@ -139,6 +140,8 @@ class SearchConfig(Frozen):
     init: Literal["uniform", "data"] = "uniform"
     example_data: str | None = None
     temperature: float = Field(default=5.0, gt=0)
+    # ctf (coarse-to-fine CMA-ES): generations spent in each tied level before the next
+    generations_per_level: int = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _init_data(self) -> SearchConfig:

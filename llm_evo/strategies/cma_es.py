@@ -19,6 +19,12 @@ things in pycma stood in the way:
   under a one-thread BLAS limit, so a resume with other OMP/OPENBLAS settings or on a
   machine with more cores proposes the same genotypes.
 
+- With a population under 6, pycma injects one mirrored sample into the next generation and
+  recognises it at `tell` by looking it up in another of those archives. After a restore
+  the lookup misses, the mirror counts as an ordinary sample, and the step-size update
+  differs (by 1e-3 in our test). `load_state_dict` re-keys every archive of the restored
+  pycma object with this process's hash, from the arrays pycma keeps next to each key.
+
 What remains machine-dependent is the BLAS kernel itself: OpenBLAS picks it by CPU (or
 OPENBLAS_CORETYPE), and an AVX2 kernel rounds differently from an AVX-512 one. So a resume
 is bit-identical with the same NumPy build on the same kind of CPU; on another kind, the
@@ -128,3 +134,31 @@ class CMAES(Strategy):
         self.generation = state["generation"]
         self.restarts = state.get("restarts", 0)  # older checkpoints lack it
         self.es, self._raw = pickle.loads(base64.b64decode(state["es"]))
+        rekey_archives(self.es)
+
+
+def rekey_archives(es: Any) -> None:
+    """Re-key pycma's solution archives (`SolutionDict`: keys are `hash(x.tobytes())`,
+    salted per process) for this process, from the arrays each one keeps beside its keys.
+
+    Touches `SolutionDict`'s `data`, `data_with_same_key` and `_unhashed_keys` (pycma 4.x;
+    tests/strategies/test_cma_resume_exact.py's "mirrors" case fails if they change); an
+    archive without them is left as it is."""
+    try:
+        from cma.utilities.utils import SolutionDict
+    except ImportError:  # another pycma layout: nothing we know how to re-key
+        return
+    owners = [es, getattr(es, "gp", None)]
+    archives = {id(a): a for o in owners if o is not None for a in vars(o).values()
+                if isinstance(a, SolutionDict)}
+    for archive in archives.values():
+        if not all(hasattr(archive, k) for k in ("data", "data_with_same_key",
+                                                 "_unhashed_keys")):
+            continue
+        arrays = archive._unhashed_keys
+        new = {old: (archive.key(arrays[old]) if old in arrays else old)
+               for old in archive.data}
+        archive.data = {new[k]: v for k, v in archive.data.items()}
+        archive.data_with_same_key = {new.get(k, k): v
+                                      for k, v in archive.data_with_same_key.items()}
+        archive._unhashed_keys = {new.get(k, k): x for k, x in arrays.items()}

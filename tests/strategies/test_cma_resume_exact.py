@@ -8,6 +8,8 @@ Two real causes of drift are covered, each by the genome that exposes it:
   the ones beyond a Mahalanobis radius, which the uninterrupted run never does.
 - 256 genes (e.g. 4 models x 32 layers, weight and density): the BLAS inside pycma's
   eigendecomposition sums in another order with two threads than with one.
+- population 4: pycma injects a mirrored sample into the next generation and finds it at
+  `tell` in another hash-keyed archive, which the restore re-keys.
 
 One process runs the search uninterrupted (1 BLAS thread, one hash salt) and saves the
 strategy's state after every `ask`, the checkpoint the controller writes before any
@@ -40,7 +42,7 @@ from llm_evo.config import GenomeConfig
 from llm_evo.genome import Genome
 from llm_evo.strategies import make_strategy
 
-mode, models, method, layers, granularity, seed, gens, path = sys.argv[1:9]
+mode, models, method, layers, granularity, seed, popsize, gens, path = sys.argv[1:10]
 names = [f"m{i}" for i in range(int(models))]
 cfg = GenomeConfig(models=names, merge_method=method, base_model="base",
                    layer_granularity=int(granularity))
@@ -60,7 +62,7 @@ def drive(s, start):
 
 threads = max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
 if mode == "reference":
-    s = make_strategy("cma", space, seed=int(seed), population_size=8)
+    s = make_strategy("cma", space, seed=int(seed), population_size=int(popsize))
     states, gens_hex = [], []
     for g in range(int(gens)):
         xs = s.ask()
@@ -72,7 +74,7 @@ else:
     states = json.load(open(path))["states"]
     resumed = []
     for g, state in enumerate(states):
-        s = make_strategy("cma", space, seed=999, population_size=8)  # the state decides
+        s = make_strategy("cma", space, seed=999, population_size=int(popsize))
         s.load_state_dict(json.loads(state))
         resumed.append(drive(s, g))
     print(json.dumps({"threads": threads, "resumed": resumed}))
@@ -91,9 +93,10 @@ def child(mode: str, genome: tuple, path: Path, *, threads: int, hash_seed: int)
 
 
 @pytest.mark.parametrize("genome", [
-    (2, "task_arithmetic", 8, 4, 42),  # 4 genes: the archive miss and its repair
-    (4, "ties", 32, 1, 7),             # 256 genes: BLAS threads in the eigendecomposition
-], ids=["4-genes", "256-genes"])
+    (2, "task_arithmetic", 8, 4, 42, 8),  # 4 genes: the archive miss and its repair
+    (4, "ties", 32, 1, 7, 8),             # 256 genes: BLAS threads in the eigendecomposition
+    (3, "task_arithmetic", 8, 4, 11, 4),  # population 4: pycma's injected mirrors
+], ids=["4-genes", "256-genes", "mirrors"])
 def test_resume_in_another_process_with_other_blas_threads_is_bit_identical(genome, tmp_path):
     ref_file = tmp_path / "reference.json"
     child("reference", genome, ref_file, threads=1, hash_seed=1)

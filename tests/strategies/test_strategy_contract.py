@@ -175,7 +175,7 @@ def run_config(url=None, **search):
         "genome": {"models": ["a", "b", "c"], "merge_method": "ties", "base_model": "base"},
         "tasks": ["t"], "random_init": True,
         "search": {"seed": 7, "population_size": 5, "sigma0": 0.35, "sigma_low": 0.02,
-                   "sigma_high": 0.4, **search},
+                   "sigma_high": 0.4, "generations_per_level": 2, **search},
         "llm": {"model": "test-model", "base_url": url or _SERVER.url, "top_k": 2},
     })
 
@@ -188,7 +188,7 @@ def own_options(name, config):
                   "sigma_low": s.sigma_low, "sigma_high": s.sigma_high,
                   "random_init": config.random_init, "llm": config.llm,
                   "api_key": "sk-contract", "base_url": None, "model": None,
-                  "n_objectives": 1}
+                  "n_objectives": 1, "generations_per_level": s.generations_per_level}
     options = strategy_options(strategy_class(name))
     assert set(options) <= set(everything), f"teach this test {name}'s new options"
     return {k: everything[k] for k in options}
