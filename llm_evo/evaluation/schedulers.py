@@ -12,8 +12,9 @@ worker idle while a job of the batch has not been started:
   group, so a candidate is merged and scored on the same node (merges can stay on local
   disk); a pair merges its next job while scoring the current one, on the same rules.
 
-A job whose worker died for good (Ray could not restart it) is tried once more on another
-worker. When no worker is left, WorkersLostError is raised and the jobs not finished are
+A job whose worker died is tried once more: on the same worker when Ray restarted it, on
+another when Ray could not (a result that says "worker died" is the cluster's failure, not
+the candidate's). When no worker is left, WorkersLostError is raised and the jobs not finished are
 not reported, so a resumed run does them rather than recording them as failed.
 """
 
@@ -97,9 +98,13 @@ def run_next_idle(actors: list, jobs: Iterable[Job], on_result: OnResult,
         done, _ = ray.wait(list(in_flight), num_returns=1)
         actor, job = in_flight.pop(done[0])
         result, died = _collect(done[0], job)
-        if not died or alive(actor):
+        if not died:
             idle.append(actor)
             on_result(result)
+        elif alive(actor):  # restarted by Ray: the job was cut short, not failed by itself
+            idle.append(actor)
+            if lost.retry(job, result, True):
+                queue.appendleft(job)
         elif lost.retry(job, result, bool(idle or in_flight)):
             queue.appendleft(job)
     lost.report(on_result)
@@ -145,6 +150,10 @@ def run_buffered(actors: list, jobs: Iterable[Job], on_result: OnResult,
             if orphan is not None:
                 queue.appendleft(orphan)
             if lost.retry(job, result, bool(live)):
+                queue.appendleft(job)
+            continue
+        if died:  # restarted by Ray: the job was cut short, not failed by itself
+            if lost.retry(job, result, True):
                 queue.appendleft(job)
             continue
         on_result(result)
@@ -219,6 +228,10 @@ def run_serial(pairs: list[tuple[Any, Any]], jobs: Iterable[Job], on_result: OnR
                 queue.appendleft(t.job)
             slot.tickets.clear()
             if lost.retry(ticket.job, result, bool(live)):
+                queue.appendleft(ticket.job)
+            continue
+        if died:  # restarted by Ray: the job was cut short, not failed by itself
+            if lost.retry(ticket.job, result, True):
                 queue.appendleft(ticket.job)
             continue
         if key not in reported:
