@@ -149,7 +149,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from llm_evo.strategies import make_strategy
+    from llm_evo.strategies import STRATEGIES, make_strategy
 
     budgets = [int(b) for b in args.budgets.split(",")]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> None:
                 kw = {"seed": seed, "population_size": POPULATION}
                 if sname == "nsga2":
                     kw["n_objectives"] = len(tasks)
-                if sname == "ctf" and args.generations_per_level:
+                if sname.startswith("ctf") and args.generations_per_level:
                     kw["generations_per_level"] = args.generations_per_level
                 if sname.startswith("llm"):  # llm-original: LLM-Evo-Merge's design
                     from llm_evo.config import LLMConfig
@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> None:
                                 "llm-blocks": {"block_rows": args.block_rows}}
                     kw.update(base_url=args.llm_url, model=args.llm_model, api_key="none",
                               llm=LLMConfig(**variants.get(sname, {})))
-                strategy = make_strategy(sname.split("-")[0], genome.space, **kw)
+                base = sname if sname in STRATEGIES else sname.split("-")[0]
+                strategy = make_strategy(base, genome.space, **kw)
                 strategy.start()
                 curve, results = search(strategy, genome, worker, max(budgets))
                 curves.append(curve)

@@ -20,12 +20,14 @@ Design choices that make that answer robust:
   which keeps their deltas small and focused (task arithmetic needs that) and leaves
   embedding rows of tokens they never see untouched.
 
-Usage: ``python scripts/make_tiny_family.py --out models/tiny [--force] [--in-place]``: the
-family is built once into the cache outside the clone (``$LLM_EVO_CACHE``, by default
-``~/.cache/llm-evo/tiny/<fingerprint>``, as the SmolLM2 family is) and ``--out`` becomes a
-link to it, so a fresh clone, or a second clone, of the same builder reuses it; ``--in-place``
-builds into ``--out`` itself. Library use: ``build_linked(link)``, or ``build_family(out_dir)``
-for a folder of your own; both return the ``family.json`` content and reuse a build whose
+Usage: ``python scripts/make_tiny_family.py --out models/tiny [--force] [--in-place]
+[--seed N]``: the family is built once into the cache outside the clone
+(``$LLM_EVO_CACHE``, by default ``~/.cache/llm-evo/tiny/<fingerprint>``, as the SmolLM2
+family is) and ``--out`` becomes a link to it, so a fresh clone, or a second clone, of the
+same builder reuses it; ``--in-place`` builds into ``--out`` itself; ``--seed`` builds
+another family of the same shape. Library use: ``build_linked(link)``, or
+``build_family(out_dir)`` for a folder of your own; both return the ``family.json`` content
+and reuse a build whose
 fingerprint (sha256 of this file and of ``PARAMS``) matches.
 """
 
@@ -737,7 +739,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--in-place", action="store_true",
                         help="build into --out itself, not into the cache behind a link")
     parser.add_argument("--no-eval", action="store_true", help="skip the lm-eval table")
+    parser.add_argument("--seed", type=int, default=PARAMS["seed"],
+                        help="another family of the same shape (other facts, other "
+                             "fine-tunes): to check a search result is not one build's luck")
     args = parser.parse_args(argv)
+    PARAMS["seed"] = args.seed  # hashed into the fingerprint: each seed has its own cache
 
     t0 = time.perf_counter()
     build = build_family if args.in_place else build_linked

@@ -137,8 +137,9 @@ def config(tmp_path, tiny_family):
 # gp runs with evaluation.screening on (issue #17), whose promoted slots are written twice:
 # one run resumes both gp's state and a screened generation's two passes. tpe runs a
 # data-flow genome (issue #18): stacked layers, passthrough merges, failed (too long) paths.
-# ctf moves to a finer level every generation, so a resume lands in each of its levels.
-KILL_STRATEGIES = ["cma", "ctf", "random", "tpe-dataflow", "gp-screened", "nsga2"]
+# ctf and ctf-gp move to a finer level every generation, so a resume lands in each of their
+# levels (ctf-gp's carries every earlier result into the next level's GP).
+KILL_STRATEGIES = ["cma", "ctf", "ctf-gp", "random", "tpe:dataflow", "gp:screened", "nsga2"]
 # Every driver joins the session's `ray start` head (conftest's ray_head), as on a cluster,
 # which outlives each killed driver (and saves each driver Ray's start-up, which made this
 # test 75-86 s a strategy).
@@ -153,12 +154,12 @@ def kill_setup(request, tmp_path, tiny_family) -> tuple[Path, dict]:
     Seed 42: a sample of generation 1 lies beyond pycma's Mahalanobis radius, which a
     `tell` in a resumed process used to "repair" and the uninterrupted run's did not: the
     drift this test caught before strategies/cma_es.py told with check_points=False."""
-    strategy, _, variant = request.param.partition("-")
+    strategy, _, variant = request.param.partition(":")
     search = {"evaluate_parents": False, "seed": 42, "strategy": strategy}
     extra: dict = {"search": search}
     if strategy == "nsga2":
         search["objective"] = "pareto"
-    if strategy == "ctf":
+    if strategy.startswith("ctf"):
         search["generations_per_level"] = 1
     if variant == "screened":  # its anchors are chosen from the parents' items
         search["evaluate_parents"] = True

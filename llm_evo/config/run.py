@@ -111,11 +111,12 @@ class GenomeConfig(Frozen):
 
 
 # The default strategy, chosen by bench/search_quality.py (docs/performance.md): on the 48-gene
-# genome at 48 evaluations optuna's GP sampler is never behind CMA-ES (mergekit-evolve's) on
-# three builds of the tiny family (+0.225, +0.000, +0.050; one standard error is about
-# 0.07), and it can search a Pareto front. No strategy beats CMA-ES by a standard error on
-# every build (issue #16). `--sigma0` (pycma's step size) still selects cma.
-DEFAULT_STRATEGY = "gp"
+# genome at 48 evaluations, ctf-gp (optuna's GP in tied spaces of the genome, coarsest first)
+# is +0.150 above CMA-ES (mergekit-evolve's) on the tiny family (one standard error 0.042),
+# and +0.063 and +0.000 on two other builds of the family (other seeds, nearer the score's
+# ceiling); it leads at 16 and 32 evaluations on all three, and it can search a Pareto front.
+# A genome without layer groups has one level: it is `gp` there. `--sigma0` still selects cma.
+DEFAULT_STRATEGY = "ctf-gp"
 
 
 class SearchConfig(Frozen):
@@ -140,8 +141,9 @@ class SearchConfig(Frozen):
     init: Literal["uniform", "data"] = "uniform"
     example_data: str | None = None
     temperature: float = Field(default=5.0, gt=0)
-    # ctf (coarse-to-fine CMA-ES): generations spent in each tied level before the next
-    generations_per_level: int = Field(default=3, ge=1)
+    # ctf and ctf-gp (coarse-to-fine): generations spent in each tied level before the
+    # next; unset, each strategy's own (ctf 3, ctf-gp 1: bench/search_quality.py)
+    generations_per_level: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _init_data(self) -> SearchConfig:

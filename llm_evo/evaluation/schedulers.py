@@ -74,6 +74,12 @@ class _Lost:
                  job.idx, job.generation)
         return True
 
+    def requeue(self, job: Job, result: JobResult, queue: deque, others: bool) -> None:
+        """Put `job` back at the front of `queue` if `retry` allows it. A worker that Ray
+        restarted counts as another worker: its job was cut short, not failed by itself."""
+        if self.retry(job, result, others):
+            queue.appendleft(job)
+
     def report(self, on_result: OnResult) -> None:
         for result in self.failed:
             on_result(result)
@@ -101,12 +107,11 @@ def run_next_idle(actors: list, jobs: Iterable[Job], on_result: OnResult,
         if not died:
             idle.append(actor)
             on_result(result)
-        elif alive(actor):  # restarted by Ray: the job was cut short, not failed by itself
+        elif alive(actor):  # restarted by Ray
             idle.append(actor)
-            if lost.retry(job, result, True):
-                queue.appendleft(job)
-        elif lost.retry(job, result, bool(idle or in_flight)):
-            queue.appendleft(job)
+            lost.requeue(job, result, queue, True)
+        else:
+            lost.requeue(job, result, queue, bool(idle or in_flight))
     lost.report(on_result)
 
 
@@ -149,12 +154,10 @@ def run_buffered(actors: list, jobs: Iterable[Job], on_result: OnResult,
             orphan = reserved.pop(i, None)
             if orphan is not None:
                 queue.appendleft(orphan)
-            if lost.retry(job, result, bool(live)):
-                queue.appendleft(job)
+            lost.requeue(job, result, queue, bool(live))
             continue
-        if died:  # restarted by Ray: the job was cut short, not failed by itself
-            if lost.retry(job, result, True):
-                queue.appendleft(job)
+        if died:  # restarted by Ray
+            lost.requeue(job, result, queue, True)
             continue
         on_result(result)
     lost.report(on_result)
@@ -227,12 +230,10 @@ def run_serial(pairs: list[tuple[Any, Any]], jobs: Iterable[Job], on_result: OnR
                 owner.pop(t.eval_ref, None)
                 queue.appendleft(t.job)
             slot.tickets.clear()
-            if lost.retry(ticket.job, result, bool(live)):
-                queue.appendleft(ticket.job)
+            lost.requeue(ticket.job, result, queue, bool(live))
             continue
-        if died:  # restarted by Ray: the job was cut short, not failed by itself
-            if lost.retry(ticket.job, result, True):
-                queue.appendleft(ticket.job)
+        if died:  # restarted by Ray
+            lost.requeue(ticket.job, result, queue, True)
             continue
         if key not in reported:
             reported.add(key)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 STRATEGIES: dict[str, str] = {
     "cma": "llm_evo.strategies.cma_es:CMAES",
     "ctf": "llm_evo.strategies.coarse_to_fine:CoarseToFineCMA",
+    "ctf-gp": "llm_evo.strategies.coarse_to_fine_gp:CoarseToFineGP",
     "random": "llm_evo.strategies.random_search:RandomSearch",
     "llm": "llm_evo.strategies.llm:LLMStrategy",
     "tpe": "llm_evo.strategies.optuna_samplers:TPE",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,13 @@ if TYPE_CHECKING:
     from llm_evo.config import RunConfig
 
 MIN_SIGMA = 0.05  # a level never starts with a step below this (it must be able to move)
+
+
+def per_level_option(config: RunConfig) -> dict[str, int]:
+    """`search.generations_per_level` as a keyword, or nothing when unset, so that each
+    coarse-to-fine strategy keeps its own default."""
+    n = config.search.generations_per_level
+    return {} if n is None else {"generations_per_level": n}
 
 
 def tying_levels(space: SearchSpace) -> list[np.ndarray]:
@@ -100,7 +108,62 @@ def project(x: np.ndarray, assign: np.ndarray) -> np.ndarray:
         assign, minlength=k)
 
 
-class CoarseToFineCMA(Strategy):
+class TiedLevelSearch(Strategy):
+    """What `ctf` and `ctf-gp` share: the levels, which one is searched, and when to move on.
+
+    A subclass holds the current level's strategy as `inner` (asked and told in the level's
+    tied genes), builds the next one in `_next_level`, and adds its own state."""
+
+    def __init__(self, space: SearchSpace, *, seed: int, population_size: int | None,
+                 generations_per_level: int) -> None:
+        super().__init__(space, seed=seed, population_size=population_size)
+        if generations_per_level < 1:
+            raise ValueError("generations_per_level must be at least 1")
+        self.generations_per_level = generations_per_level
+        self.levels = tying_levels(space)
+        self.level = 0
+        self.level_generation = 0
+        self.inner: Strategy
+
+    def _expand(self, z: np.ndarray) -> np.ndarray:
+        """A tied genotype of the current level as the genome's genotype."""
+        return self.space.clip(np.asarray(z, float)[self.levels[self.level]])
+
+    def ask(self) -> list[np.ndarray]:
+        return [self._expand(z) for z in self.inner.ask()]
+
+    def _asked(self, genotypes: list[np.ndarray]) -> list[np.ndarray]:
+        """The tied genotypes `genotypes` came from (the inner ask is idempotent)."""
+        zs = self.inner.ask()
+        if len(genotypes) != len(zs):
+            raise ValueError("tell() must follow ask() with the same number of genotypes")
+        return zs
+
+    def _generation_told(self) -> None:
+        self.generation += 1
+        self.level_generation += 1
+        last = self.level == len(self.levels) - 1
+        if not last and self.level_generation >= self.generations_per_level:
+            self.level += 1
+            self.level_generation = 0
+            self._next_level()
+
+    @abstractmethod
+    def _next_level(self) -> None:
+        """Build `inner` for `self.level`, which has just been entered."""
+
+    def _level_state(self) -> dict[str, Any]:
+        return {"generation": self.generation, "seed": self.seed, "level": self.level,
+                "level_generation": self.level_generation}
+
+    def _load_level_state(self, state: dict[str, Any]) -> None:
+        self.generation = state["generation"]
+        self.seed = state["seed"]  # seeds the levels still to come
+        self.level = state["level"]
+        self.level_generation = state["level_generation"]
+
+
+class CoarseToFineCMA(TiedLevelSearch):
     """pycma in tied spaces of the genome, coarsest first (see the module docstring)."""
 
     name = "ctf"
@@ -108,15 +171,10 @@ class CoarseToFineCMA(Strategy):
     def __init__(self, space: SearchSpace, *, seed: int = 0, population_size: int | None = None,
                  sigma0: float = 0.2, random_init: bool = False,
                  generations_per_level: int = 3) -> None:
-        super().__init__(space, seed=seed, population_size=population_size)
-        if generations_per_level < 1:
-            raise ValueError("generations_per_level must be at least 1")
+        super().__init__(space, seed=seed, population_size=population_size,
+                         generations_per_level=generations_per_level)
         self.sigma0 = sigma0
         self.random_init = random_init
-        self.generations_per_level = generations_per_level
-        self.levels = tying_levels(space)
-        self.level = 0
-        self.level_generation = 0
         self.best_genotype: np.ndarray | None = None
         self.best_score = -math.inf
         self.inner = self._inner(0, space.initial, sigma0, random_init)
@@ -126,8 +184,7 @@ class CoarseToFineCMA(Strategy):
                     secrets: Mapping[str, str] | None = None) -> CoarseToFineCMA:
         s = config.search
         return cls(space, seed=s.seed, population_size=s.population_size, sigma0=s.sigma0,
-                   random_init=config.random_init,
-                   generations_per_level=s.generations_per_level)
+                   random_init=config.random_init, **per_level_option(config))
 
     def _inner(self, level: int, start: np.ndarray, sigma: float,
                random_init: bool = False) -> CMAES:
@@ -138,32 +195,18 @@ class CoarseToFineCMA(Strategy):
         return CMAES(sub, seed=self.seed * 1000 + level, population_size=self.population_size,
                      sigma0=sigma, random_init=random_init)
 
-    def _expand(self, z: np.ndarray) -> np.ndarray:
-        return self.space.clip(np.asarray(z, float)[self.levels[self.level]])
-
-    def ask(self) -> list[np.ndarray]:
-        return [self._expand(z) for z in self.inner.ask()]
-
     def tell(self, genotypes: list[np.ndarray], scores: list[float | None]) -> None:
-        zs = self.inner.ask()  # the tied genotypes these came from (ask is idempotent)
-        if len(genotypes) != len(zs):
-            raise ValueError("tell() must follow ask() with the same number of genotypes")
+        zs = self._asked(genotypes)
         for x, s in zip(genotypes, scores, strict=True):
             if s is not None and math.isfinite(s) and s > self.best_score:
                 self.best_score, self.best_genotype = float(s), np.asarray(x, float).copy()
         self.inner.tell(zs, scores)
-        self.generation += 1
-        self.level_generation += 1
-        last = self.level == len(self.levels) - 1
-        if not last and self.level_generation >= self.generations_per_level:
-            self._next_level()
+        self._generation_told()
 
     def _next_level(self) -> None:
         sigma = max(float(self.inner.es.sigma), MIN_SIGMA)
-        start = self.best_genotype if self.best_genotype is not None else self._expand(
-            self.inner.search_mean())
-        self.level += 1
-        self.level_generation = 0
+        start = self.best_genotype if self.best_genotype is not None else self.space.clip(
+            np.asarray(self.inner.search_mean(), float)[self.levels[self.level - 1]])
         self.inner = self._inner(self.level, start, sigma)
         self.emit("ctf_level", level=self.level, genes=int(self.levels[self.level].max()) + 1,
                   sigma=sigma)
@@ -181,18 +224,14 @@ class CoarseToFineCMA(Strategy):
         return self._expand(self.inner.search_mean())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generation": self.generation, "seed": self.seed, "level": self.level,
-                "level_generation": self.level_generation,
+        return {**self._level_state(),
                 "best_score": self.best_score if math.isfinite(self.best_score) else None,
                 "best_genotype": (None if self.best_genotype is None
                                   else self.best_genotype.tolist()),
                 "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generation = state["generation"]
-        self.seed = state["seed"]  # seeds the levels still to come
-        self.level = state["level"]
-        self.level_generation = state["level_generation"]
+        self._load_level_state(state)
         self.best_score = (-math.inf if state["best_score"] is None
                            else float(state["best_score"]))
         self.best_genotype = (None if state["best_genotype"] is None

@@ -151,6 +151,23 @@ class OptunaStrategy(Strategy):
         self._pending = self._pending_x = None
         self.generation += 1
 
+    def add_results(self, genotypes: list[np.ndarray], values: list[Any]) -> None:
+        """Tell the study results it did not ask for (a finer level of `ctf-gp` starts
+        from every evaluation of the coarser ones), as optuna's `add_trial` does: a score
+        each, or an objective vector each when the study has several. Between generations
+        only."""
+        from optuna.trial import create_trial
+
+        if self._pending is not None:
+            raise RuntimeError("add_results() is for between generations, not after an ask()")
+        study, dists = self._get_study(), self._distributions()
+        for x, value in zip(genotypes, values, strict=True):
+            vector = [float(v) for v in np.atleast_1d(value)]
+            if len(vector) != self.n_objectives:
+                raise ValueError(f"expected {self.n_objectives} objectives, got {len(vector)}")
+            params = {f"g{i}": float(v) for i, v in enumerate(x)}
+            study.add_trial(create_trial(params=params, distributions=dists, values=vector))
+
     # ---- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         study = self._get_study()

@@ -33,7 +33,7 @@ def drive(strategy, generations):
 
 
 def test_the_multi_objective_strategies_are_the_expected_ones():
-    assert MULTI == ["gp", "nsga2", "random", "tpe"]
+    assert MULTI == ["ctf-gp", "gp", "nsga2", "random", "tpe"]
 
 
 @pytest.mark.parametrize("name", MULTI)
