@@ -5,12 +5,12 @@
 # build than the 2-core VM's), its seeds split over processes of one thread each.
 #
 # Usage, from the repo root, with llm-evo's dependencies importable by $PY:
-#   OUT=/tmp/sq PY=python3 STRATS=cma,ctf,gp SEEDS=20 bash bench/gpu_search_quality.sh
+#   OUT=/tmp/sq PY=python3 STRATS=cma,ctf,ctf-gp,gp SEEDS=20 bash bench/gpu_search_quality.sh
 # then: python bench/search_quality.py --combine $OUT/th_*.json --budgets 16,32,48,96
 set -u
 OUT=${OUT:-/tmp/llm-evo-sq}
 PY=${PY:-python3}
-STRATS=${STRATS:-cma,ctf,gp}
+STRATS=${STRATS:-cma,ctf,ctf-gp,gp}
 SEEDS=${SEEDS:-20}   # tiny-hard seeds per strategy
 PER=${PER:-5}        # seeds per process
 SMOL_SEEDS=${SMOL_SEEDS:-3}

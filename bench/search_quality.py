@@ -13,7 +13,7 @@ standard error is the binomial one of the median-best merge's task accuracies.
 
 Run from the repo root after `make models` (and `make smol-family` for smol):
 ``python bench/search_quality.py [--genomes tiny-easy,tiny-hard] [--strategies
-cma,ctf,random,tpe,gp,nsga2] [--seeds 5] [--budgets 16,32,48,96] [--limit 40] [--markdown]
+cma,ctf,ctf-gp,random,tpe,gp,nsga2] [--seeds 5] [--budgets 16,32,48,96] [--limit 40] [--markdown]
 [--json F]``; ``--first-seed N --threads T`` split the seeds over processes on a
 larger machine, and ``--combine F.json ...`` prints one table from their files. The llm
 strategy (and llm-original, LLM-Evo-Merge's design: the LLM's
@@ -115,13 +115,13 @@ def binomial_se(results: dict, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--genomes", default="tiny-easy,tiny-hard")
-    ap.add_argument("--strategies", default="cma,ctf,random,tpe,gp,nsga2")
+    ap.add_argument("--strategies", default="cma,ctf,ctf-gp,random,tpe,gp,nsga2")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0,
                     help="seeds first-seed .. first-seed+seeds-1 (to split seeds over processes)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the evaluator")
     ap.add_argument("--generations-per-level", type=int,
-                    help="ctf: generations per tied level (default: the strategy's)")
+                    help="ctf, ctf-gp: generations per tied level (default: the strategy's)")
     ap.add_argument("--budgets", default="16,32,48,96")
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--llm-url")
