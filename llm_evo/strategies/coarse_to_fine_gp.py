@@ -4,11 +4,12 @@
 directions (each model's overall weight, then its weight per filter), and `gp` that at
 30-100 evaluations a model of the whole history beats CMA-ES in the genome itself. This
 strategy does both: optuna's GPSampler searches the same sequence of tied spaces as `ctf`
-(`tying_levels`), `generations_per_level` generations each, and when it moves to a finer
-level the new level's GP starts with every evaluation made so far. Nothing is projected
-away: the levels refine each other (a block of 4 layer groups is two blocks of 2), so a
-genotype evaluated at a coarse level is exactly a point of every finer one, and its score
-is told to the finer GP as it was measured.
+(`tying_levels`), `generations_per_level` generations each (1 by default: with the history
+carried, a level needs no more; bench/search_quality.py, docs/performance.md), and when it
+moves to a finer level the new level's GP starts with every evaluation made so far.
+Nothing is projected away: the levels refine each other (each level's blocks of layers
+split the previous level's in two), so a genotype evaluated at a coarse level is exactly a
+point of every finer one, and its score is told to the finer GP as it was measured.
 
 The first level starts as `gp` does (the uniform merge, then random points until the GP
 has a generation to fit); later levels need no random start. The GP proposals come from
