@@ -125,9 +125,10 @@ class TiedLevelSearch(Strategy):
         self.level_generation = 0
         self.inner: Strategy
 
-    def _expand(self, z: np.ndarray) -> np.ndarray:
-        """A tied genotype of the current level as the genome's genotype."""
-        return self.space.clip(np.asarray(z, float)[self.levels[self.level]])
+    def _expand(self, z: np.ndarray, level: int | None = None) -> np.ndarray:
+        """A tied genotype of `level` (by default the current one) as the genome's."""
+        assign = self.levels[self.level if level is None else level]
+        return self.space.clip(np.asarray(z, float)[assign])
 
     def ask(self) -> list[np.ndarray]:
         return [self._expand(z) for z in self.inner.ask()]
@@ -205,8 +206,8 @@ class CoarseToFineCMA(TiedLevelSearch):
 
     def _next_level(self) -> None:
         sigma = max(float(self.inner.es.sigma), MIN_SIGMA)
-        start = self.best_genotype if self.best_genotype is not None else self.space.clip(
-            np.asarray(self.inner.search_mean(), float)[self.levels[self.level - 1]])
+        start = self.best_genotype if self.best_genotype is not None else self._expand(
+            self.inner.search_mean(), self.level - 1)
         self.inner = self._inner(self.level, start, sigma)
         self.emit("ctf_level", level=self.level, genes=int(self.levels[self.level].max()) + 1,
                   sigma=sigma)
