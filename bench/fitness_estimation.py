@@ -9,14 +9,16 @@ score, and what a screened search finds at a quarter of the item budget.
    against IRT anchors (2PL, p-IRT estimate), at several anchor sizes. Printed: Spearman
    rank correlation and mean absolute error against the full-subset score, and items
    scored per candidate.
-2. Search (tiny family; --search-seeds 0 skips it): median over seeds of the best
-   full-subset score found by a plain gp search at the full item budget and at a quarter
-   of it, and by a screened gp search (IRT anchors, a quarter of each generation promoted)
-   at a quarter of it.
+2. Search (--search-seeds 0 skips it): median over seeds of the best full-subset score
+   found by a plain gp search at the full item budget and at a quarter of it, and by a
+   screened gp search (IRT anchors, a quarter of each generation promoted) at a quarter of
+   it. On SmolLM2 a seed takes about half an hour on 2 cores: --search-json F keeps each
+   finished seed, so the same command run again goes on where it stopped.
 
 Run from the repo root after `make models` (`make smol-family` for --family smol):
 ``python bench/fitness_estimation.py [--family tiny|smol] [--candidates 64] [--limit 80]
-[--anchors 4,8,16] [--search-seeds 5] [--budget 48] [--save F | --load F] [--markdown]``
+[--anchors 4,8,16] [--search-seeds 5] [--budget 48] [--search-json F] [--save F | --load F]
+[--markdown]``
 """
 
 from __future__ import annotations
@@ -183,6 +185,8 @@ def main() -> None:
     ap.add_argument("--load", help="read them from a --save file instead of searching")
     ap.add_argument("--ledger", help="or from a run's storage path (its fully scored "
                                      "parents and candidates, with their items)")
+    ap.add_argument("--search-json", help="search part: keep each finished seed here and "
+                                          "skip the seeds it already holds (resumable)")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     fmt = markdown_table if args.markdown else (
@@ -193,6 +197,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{args.family} family, {len(tasks)} tasks x {args.limit} items", flush=True)
     t0 = time.perf_counter()
+    if args.search_seeds > 0:
+        seeds_done(args)
     if args.load:
         saved = json.loads(Path(args.load).read_text())
         parent_items, cands = saved["parents"], [tuple(c) for c in saved["candidates"]]
@@ -210,22 +216,37 @@ def main() -> None:
     anchor_sizes = [int(k) for k in args.anchors.split(",")]
     print(fmt(["estimator", "anchors/task", "items/candidate", "fewer items", "Spearman",
                "MAE"], estimation_table(parent_items, cands, anchor_sizes)), flush=True)
-    if args.search_seeds <= 0:
-        return
-    per_eval = len(tasks) * args.limit
+    if args.search_seeds > 0:
+        search_part(args, worker, genome, len(tasks), parent_items, fmt)
+
+
+def search_part(args, worker, genome, n_tasks: int, parent_items, fmt) -> None:
+    """Seeds 0 .. search-seeds-1; with --search-json, each finished seed is written at once
+    and seeds already in the file are not run again (a long SmolLM2 run spans sessions)."""
+    per_eval = n_tasks * args.limit
     budget = args.budget * per_eval
-    rows = []
-    full_best, quarter_best, screened_best = [], [], []
+    config, done = seeds_done(args)
+    path = Path(args.search_json) if args.search_json else None
     for seed in range(args.search_seeds):
+        if str(seed) in done:
+            continue
         run = full_search(worker, genome, seed, args.budget)
-        full_best.append(max(s for _, _, s in run))
-        quarter_best.append(max(s for _, _, s in run[:args.budget // 4]))
-        screened_best.append(screened_search(worker, genome, seed, parent_items, budget // 4,
-                                             anchors=8, share=0.25))
-        print(f"seed {seed}: full {full_best[-1]:.3f}, full at 1/4 {quarter_best[-1]:.3f}, "
-              f"screened at 1/4 {screened_best[-1]:.3f}", flush=True)
+        done[str(seed)] = [max(s for _, _, s in run),
+                           max(s for _, _, s in run[:args.budget // 4]),
+                           screened_search(worker, genome, seed, parent_items, budget // 4,
+                                           anchors=8, share=0.25)]
+        print(f"seed {seed}: full {done[str(seed)][0]:.3f}, full at 1/4 "
+              f"{done[str(seed)][1]:.3f}, screened at 1/4 {done[str(seed)][2]:.3f}", flush=True)
+        if path:  # the commit is a note (which code scored each seed), not a check
+            commits = (json.loads(path.read_text())["commits"] if path.exists() else {})
+            commits[str(seed)] = git_commit()
+            path.write_text(json.dumps({"config": config, "seeds": done, "commits": commits},
+                                       indent=1))
+    seeds = [str(s) for s in range(args.search_seeds)]
+    full_best, quarter_best, screened_best = ([done[s][k] for s in seeds] for k in range(3))
     med = float(np.median(full_best))
-    se = math.sqrt(len(tasks) * (med / len(tasks)) * (1 - med / len(tasks)) / args.limit)
+    se = math.sqrt(n_tasks * (med / n_tasks) * (1 - med / n_tasks) / args.limit)
+    rows = []
     for label, values, items in (("full", full_best, budget),
                                  ("full, 1/4 of the items", quarter_best, budget // 4),
                                  ("screened (IRT, 8 anchors, 1/4 promoted), 1/4 of the items",
@@ -233,8 +254,39 @@ def main() -> None:
         rows.append([label, str(items), f"{np.median(values):.3f}",
                      f"{(np.median(values) - med) / se:+.1f}"])
     print(f"\nsearch: median best full-subset score over {args.search_seeds} seeds (SE of the "
-          f"score {se:.3f})")
+          f"score {se:.3f}); per seed (full / full at 1/4 / screened at 1/4): "
+          + ", ".join("/".join(f"{v:.3f}" for v in done[s]) for s in seeds))
     print(fmt(["search", "items scored", "median best", "vs full, in SE"], rows))
+
+
+def seeds_done(args) -> tuple[dict, dict[str, list[float]]]:
+    """This run's search settings, and the seeds --search-json already holds for them
+    (checked before anything is scored: a file from other settings stops the run)."""
+    config = {"family": args.family, "fingerprint": family_fingerprint(args.family),
+              "limit": args.limit, "budget": args.budget}
+    if not (args.search_json and Path(args.search_json).exists()):
+        return config, {}
+    saved = json.loads(Path(args.search_json).read_text())
+    if saved["config"] != config:
+        sys.exit(f"--search-json {args.search_json}: written for {saved['config']}, "
+                 f"not {config}")
+    return config, saved["seeds"]
+
+
+def git_commit() -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def family_fingerprint(family: str) -> str:
+    """The built family's fingerprint: a --search-json file is only extended on the same
+    build (scores differ between builds)."""
+    root = os.environ.get("LLM_EVO_TINY_FAMILY") if family == "tiny" else None
+    meta = json.loads((Path(root or REPO / "models" / family) / "family.json").read_text())
+    return meta["fingerprint"][:16]
 
 
 if __name__ == "__main__":
