@@ -24,6 +24,7 @@ Run from the repo root after `make models` (`make smol-family` for --family smol
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -199,6 +200,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.search_seeds > 0:
         seeds_done(args)
+        git_commit()
     if args.load:
         saved = json.loads(Path(args.load).read_text())
         parent_items, cands = saved["parents"], [tuple(c) for c in saved["candidates"]]
@@ -273,7 +275,10 @@ def seeds_done(args) -> tuple[dict, dict[str, list[float]]]:
     return config, saved["seeds"]
 
 
+@functools.cache
 def git_commit() -> str:
+    """The checkout's commit, read once (at start-up: main calls it) so a commit made while
+    a long run goes on does not relabel its later seeds."""
     import subprocess
 
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
