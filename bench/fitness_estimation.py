@@ -24,7 +24,6 @@ Run from the repo root after `make models` (`make smol-family` for --family smol
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -198,9 +197,9 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{args.family} family, {len(tasks)} tasks x {args.limit} items", flush=True)
     t0 = time.perf_counter()
-    if args.search_seeds > 0:
-        seeds_done(args)
-        git_commit()
+    # read (and checked) before anything is scored; the commit is noted as the run starts
+    state = search_state(args, genome) if args.search_seeds > 0 else None
+    commit = git_commit() if state is not None else ""
     if args.load:
         saved = json.loads(Path(args.load).read_text())
         parent_items, cands = saved["parents"], [tuple(c) for c in saved["candidates"]]
@@ -219,16 +218,16 @@ def main() -> None:
     print(fmt(["estimator", "anchors/task", "items/candidate", "fewer items", "Spearman",
                "MAE"], estimation_table(parent_items, cands, anchor_sizes)), flush=True)
     if args.search_seeds > 0:
-        search_part(args, worker, genome, len(tasks), parent_items, fmt)
+        search_part(args, worker, genome, len(tasks), parent_items, fmt, state, commit)
 
 
-def search_part(args, worker, genome, n_tasks: int, parent_items, fmt) -> None:
+def search_part(args, worker, genome, n_tasks: int, parent_items, fmt, state: dict,
+                commit: str) -> None:
     """Seeds 0 .. search-seeds-1; with --search-json, each finished seed is written at once
     and seeds already in the file are not run again (a long SmolLM2 run spans sessions)."""
     per_eval = n_tasks * args.limit
     budget = args.budget * per_eval
-    config, done = seeds_done(args)
-    path = Path(args.search_json) if args.search_json else None
+    done = state["seeds"]
     for seed in range(args.search_seeds):
         if str(seed) in done:
             continue
@@ -239,11 +238,9 @@ def search_part(args, worker, genome, n_tasks: int, parent_items, fmt) -> None:
                                            anchors=8, share=0.25)]
         print(f"seed {seed}: full {done[str(seed)][0]:.3f}, full at 1/4 "
               f"{done[str(seed)][1]:.3f}, screened at 1/4 {done[str(seed)][2]:.3f}", flush=True)
-        if path:  # the commit is a note (which code scored each seed), not a check
-            commits = (json.loads(path.read_text())["commits"] if path.exists() else {})
-            commits[str(seed)] = git_commit()
-            path.write_text(json.dumps({"config": config, "seeds": done, "commits": commits},
-                                       indent=1))
+        state["commits"][str(seed)] = commit  # a note (which code scored it), not a check
+        if args.search_json:
+            Path(args.search_json).write_text(json.dumps(state, indent=1))
     seeds = [str(s) for s in range(args.search_seeds)]
     full_best, quarter_best, screened_best = ([done[s][k] for s in seeds] for k in range(3))
     med = float(np.median(full_best))
@@ -261,37 +258,28 @@ def search_part(args, worker, genome, n_tasks: int, parent_items, fmt) -> None:
     print(fmt(["search", "items scored", "median best", "vs full, in SE"], rows))
 
 
-def seeds_done(args) -> tuple[dict, dict[str, list[float]]]:
-    """This run's search settings, and the seeds --search-json already holds for them
-    (checked before anything is scored: a file from other settings stops the run)."""
-    config = {"family": args.family, "fingerprint": family_fingerprint(args.family),
+def search_state(args, genome) -> dict:
+    """The --search-json file's content for this run: its settings (family build, limit,
+    budget), the seeds finished so far and the commit that scored each. A file written for
+    other settings stops the run here, before anything is scored."""
+    family = json.loads((Path(genome.base_model).parent / "family.json").read_text())
+    config = {"family": args.family, "fingerprint": family["fingerprint"][:16],
               "limit": args.limit, "budget": args.budget}
     if not (args.search_json and Path(args.search_json).exists()):
-        return config, {}
+        return {"config": config, "seeds": {}, "commits": {}}
     saved = json.loads(Path(args.search_json).read_text())
     if saved["config"] != config:
         sys.exit(f"--search-json {args.search_json}: written for {saved['config']}, "
                  f"not {config}")
-    return config, saved["seeds"]
+    return saved
 
 
-@functools.cache
 def git_commit() -> str:
-    """The checkout's commit, read once (at start-up: main calls it) so a commit made while
-    a long run goes on does not relabel its later seeds."""
     import subprocess
 
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                          capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
-
-
-def family_fingerprint(family: str) -> str:
-    """The built family's fingerprint: a --search-json file is only extended on the same
-    build (scores differ between builds)."""
-    root = os.environ.get("LLM_EVO_TINY_FAMILY") if family == "tiny" else None
-    meta = json.loads((Path(root or REPO / "models" / family) / "family.json").read_text())
-    return meta["fingerprint"][:16]
 
 
 if __name__ == "__main__":
