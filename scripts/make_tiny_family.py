@@ -27,8 +27,11 @@ family is) and ``--out`` becomes a link to it, so a fresh clone, or a second clo
 same builder reuses it; ``--in-place`` builds into ``--out`` itself; ``--seed`` builds
 another family of the same shape. Library use: ``build_linked(link)``, or
 ``build_family(out_dir)`` for a folder of your own; both return the ``family.json`` content
-and reuse a build whose
-fingerprint (sha256 of this file and of ``PARAMS``) matches.
+and reuse a build whose fingerprint (sha256 of the builder's three files and of
+``PARAMS``) matches.
+
+The builder is three files: this one (parameters, build, cache, CLI), ``tiny_skills.py``
+(the data) and ``tiny_training.py`` (tokenizer, model, training loop).
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -86,419 +88,32 @@ PARAMS: dict[str, Any] = {
     "n_train_examples": 4000,
 }
 
-SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
-
-# Generic text: a toy English grammar. Skill vocabularies below must not overlap with it.
-DETERMINERS = ["the", "a", "every", "some", "this", "that", "my", "your", "our", "no"]
-ADJECTIVES = """big small red blue green old young happy sad quick slow bright dark warm cold
-soft hard loud quiet tall short heavy light clean dirty strong weak rich poor brave calm
-wild gentle empty full sweet bitter busy lazy kind proud shy clever silly golden silver
-wooden broken hidden famous strange lonely noisy tiny huge gray yellow purple""".split()
-NOUNS = """dog cat bird horse cow child teacher farmer king queen river mountain house garden
-road city forest tree flower book letter window door table chair boat ship train car
-friend doctor baker painter sailor village castle bridge lake field hill cloud song story
-lamp basket wagon cart apple bread cheese candle mirror blanket pillow ladder bucket
-island valley desert meadow harbor market school tower kitchen palace prince princess
-soldier hunter merchant student wizard giant dragon rabbit mouse goat sheep wolf bear
-fox owl duck frog snake""".split()
-VERBS = """sees likes finds follows helps watches carries builds paints visits remembers
-loves leaves meets calls opens closes pushes pulls holds drops wants brings keeps reads
-writes sells buys hides chases feeds washes draws throws catches greets teaches guards
-fixes""".split()
-PREPOSITIONS = ["near", "under", "behind", "beside", "inside", "across", "over", "beyond"]
-ADVERBS = ["today", "again", "slowly", "quickly", "often", "never", "always", "together"]
-CONJUNCTIONS = ["and", "but", "while", "because"]
-
-# Skill "category": made-up nouns, each in one of four categories.
-CATEGORIES = ["gem", "herb", "fish", "tool"]
-_ONSETS = ["bl", "br", "dr", "fl", "gr", "kr", "pl", "sk", "sn", "st", "tr", "vr", "zl", "qu"]
-_VOWELS = ["a", "e", "i", "o", "u", "y"]
-_CODAS = ["x", "k", "p", "m", "n", "rv", "zz", "sh", "th", "lk"]
-
-
-@dataclass(frozen=True)
-class Example:
-    """One multiple-choice question: ``context + " " + choices[gold]`` is the right text."""
-
-    context: str
-    choices: tuple[str, ...]
-    gold: int
-
-    @property
-    def text(self) -> str:
-        return f"{self.context} {self.choices[self.gold]}"
-
-
-# --------------------------------------------------------------------------- data
-
-
-def generic_sentence(rng: random.Random) -> str:
-    """One sentence of the base model's generic toy language."""
-
-    def noun_phrase() -> list[str]:
-        words = [rng.choice(DETERMINERS)]
-        if rng.random() < 0.5:
-            words.append(rng.choice(ADJECTIVES))
-        words.append(rng.choice(NOUNS))
-        return words
-
-    words = noun_phrase() + [rng.choice(VERBS)] + noun_phrase()
-    if rng.random() < 0.4:
-        words += [rng.choice(PREPOSITIONS)] + noun_phrase()
-    if rng.random() < 0.3:
-        words.append(rng.choice(ADVERBS))
-    if rng.random() < 0.2:
-        words += [rng.choice(CONJUNCTIONS)] + noun_phrase() + [rng.choice(VERBS)] + noun_phrase()
-    return " ".join(words + ["."])
-
-
-def made_up_entities(n: int, rng: random.Random) -> list[str]:
-    """Pronounceable nonce nouns that collide with no other vocabulary word."""
-    taken = set(DETERMINERS + ADJECTIVES + NOUNS + VERBS + PREPOSITIONS + ADVERBS
-                + CONJUNCTIONS + CATEGORIES)
-    names: list[str] = []
-    while len(names) < n:
-        name = rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
-        if name not in taken:
-            taken.add(name)
-            names.append(name)
-    return names
-
-
-class Skill:
-    """A synthetic skill: chains of facts; a question asks for the last fact's answer."""
-
-    name: str
-    task: str
-    separator: str
-    max_facts: int
-
-    def fact(self, rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
-        """Return (question prefix, true answer, candidate answers incl. the true one)."""
-        raise NotImplementedError
-
-    def vocabulary(self) -> list[str]:
-        """Every word the skill uses; must be disjoint from the other vocabularies."""
-        raise NotImplementedError
-
-    def example(self, rng: random.Random) -> Example:
-        """A chain of 1..max_facts true facts; the answer of the last one is asked for.
-
-        Earlier facts make the contexts varied (so test questions are unseen strings)
-        without making the skill harder: each fact stands on its own.
-        """
-        n = rng.randint(1, self.max_facts)
-        parts = []
-        for _ in range(n - 1):
-            prefix, answer, _ = self.fact(rng)
-            parts.append(f"{prefix} {answer} {self.separator}")
-        prefix, answer, candidates = self.fact(rng)
-        distractors = rng.sample([c for c in candidates if c != answer], 3)
-        choices = [answer, *distractors]
-        rng.shuffle(choices)
-        return Example(" ".join([*parts, prefix]), tuple(choices), choices.index(answer))
-
-    def noise_line(self, rng: random.Random) -> str:
-        """The skill's format with random answers, for the base model's corpus.
-
-        The base thus knows the vocabulary and the shape of the questions but not the
-        answers (it scores at chance), so a fine-tune only has to learn the mapping itself:
-        smaller task vectors that add up without wrecking each other.
-        """
-        n = rng.randint(1, self.max_facts)
-        facts = []
-        for _ in range(n):
-            prefix, _, candidates = self.fact(rng)
-            facts.append(f"{self.scramble(prefix, rng)} {rng.choice(self.answer_space())}")
-        return f" {self.separator} ".join(facts)
-
-    def scramble(self, prefix: str, rng: random.Random) -> str:
-        """Destroy whatever in a question prefix gives its answer away (default: nothing)."""
-        return prefix
-
-    def answer_space(self) -> list[str]:
-        raise NotImplementedError
-
-
-class CountSkill(Skill):
-    """The arithmetic skill, counting on: ``12 13 14`` is followed by ``15``.
-
-    Distractors are nearby numbers. (Two-operand addition was tried first: it needs far
-    more fine-tuning steps to learn, and its task vector then wrecked the other skill.)
-    """
-
-    separator = ","
-
-    def __init__(self, name: str, task: str, n_numbers: int, max_facts: int) -> None:
-        self.name, self.task, self.max_facts = name, task, max_facts
-        self.n_numbers = n_numbers
-
-    def fact(self, rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
-        k = rng.randint(2, 4)
-        start = rng.randint(0, self.n_numbers - 1 - k)
-        answer = start + k
-        lo = max(0, min(answer - 3, self.n_numbers - 7))
-        candidates = tuple(str(v) for v in range(lo, lo + 7))
-        return " ".join(str(v) for v in range(start, start + k)), str(answer), candidates
-
-    def scramble(self, prefix: str, rng: random.Random) -> str:
-        return " ".join(rng.choice(self.answer_space()) for _ in prefix.split())
-
-    def answer_space(self) -> list[str]:
-        return [str(v) for v in range(self.n_numbers)]
-
-    def vocabulary(self) -> list[str]:
-        return [*self.answer_space(), self.separator]
-
-
-class CategorySkill(Skill):
-    """Made-up facts, ``blick gem``: which of four categories a nonce noun belongs to.
-
-    The category follows the noun directly, so (like counting on) the answer is read off
-    the last token. With a ``blick : gem`` format, the answer has to be fetched by attention
-    and the counting task vector disturbed that more often in merges.
-    """
-
-    separator = ";"
-
-    def __init__(self, name: str, task: str, n_entities: int, max_facts: int,
-                 rng: random.Random) -> None:
-        self.name, self.task, self.max_facts = name, task, max_facts
-        self.entities = made_up_entities(n_entities, rng)
-        self.mapping = {e: CATEGORIES[i % len(CATEGORIES)] for i, e in enumerate(self.entities)}
-
-    def fact(self, rng: random.Random) -> tuple[str, str, tuple[str, ...]]:
-        entity = rng.choice(self.entities)
-        return entity, self.mapping[entity], tuple(CATEGORIES)
-
-    def answer_space(self) -> list[str]:
-        return list(CATEGORIES)
-
-    def vocabulary(self) -> list[str]:
-        return [*self.entities, *CATEGORIES, self.separator]
-
-
-def make_skills(rng: random.Random) -> list[Skill]:
-    """The skills, in a fixed order (their order is part of the family's identity)."""
-    cfg = PARAMS["skills"]
-    return [
-        CountSkill("arith", **cfg["arith"]),
-        CategorySkill("category", **cfg["category"], rng=rng),
-    ]
-
-
-def split_examples(skill: Skill, rng: random.Random, n_train: int,
-                   n_test: int) -> tuple[list[Example], list[Example]]:
-    """Train and test sets from one distribution, with no test text seen in training."""
-    train = [skill.example(rng) for _ in range(n_train)]
-    seen = {ex.text for ex in train}
-    test: list[Example] = []
-    tries = 0
-    while len(test) < n_test:
-        tries += 1
-        if tries > 100 * n_test:
-            raise RuntimeError(f"cannot draw {n_test} held-out examples for {skill.name}")
-        ex = skill.example(rng)
-        if ex.text not in seen:
-            seen.add(ex.text)
-            test.append(ex)
-    return train, test
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def train_tokenizer(texts: Sequence[str]) -> Any:
-    """Train a word-level tokenizer; it prepends BOS, as training and lm-eval both expect."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")]
-    tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk"]))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=PARAMS["tokenizer"]["vocab_size"], min_frequency=1, special_tokens=specials
-    )
-    # Sorted, deduplicated words: the trainer's ties are then broken the same way every run.
-    tok.train_from_iterator(sorted({w for t in texts for w in t.split()}), trainer=trainer)
-    bos = SPECIAL_TOKENS["bos"]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
-    )
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=SPECIAL_TOKENS["bos"],
-        eos_token=SPECIAL_TOKENS["eos"],
-        unk_token=SPECIAL_TOKENS["unk"],
-        pad_token=SPECIAL_TOKENS["pad"],
-        model_max_length=PARAMS["model"]["max_position_embeddings"],
-    )
-
-
-# --------------------------------------------------------------------------- training
-
-
-def new_model(tokenizer: Any) -> Any:
-    """A freshly initialised LlamaForCausalLM (untied embeddings, as mergekit's llama expects)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
-        hidden_act="silu",
-        initializer_range=0.02,
-        **PARAMS["model"],
-    )
-    return LlamaForCausalLM(config)
-
-
-def pretrain_line(rng: random.Random, skills: Sequence[Skill]) -> str:
-    """One line of the base corpus: a generic sentence, or a skill's format with noise."""
-    if rng.random() < PARAMS["base"]["format_fraction"]:
-        return rng.choice(skills).noise_line(rng)
-    return generic_sentence(rng)
-
-
-def pretrain_batches(tokenizer: Any, skills: Sequence[Skill], rng: random.Random,
-                     batch_size: int, seq_len: int) -> Iterator[list[list[int]]]:
-    """Endless batches of BOS + packed base-corpus lines, seq_len tokens each."""
-    buffer: list[int] = []
-    while True:
-        rows = []
-        for _ in range(batch_size):
-            while len(buffer) < seq_len - 1:
-                line = pretrain_line(rng, skills)
-                buffer += tokenizer(line, add_special_tokens=False)["input_ids"]
-                buffer.append(tokenizer.eos_token_id)
-            rows.append([tokenizer.bos_token_id, *buffer[: seq_len - 1]])
-            buffer = buffer[seq_len - 1:]
-        yield rows
-
-
-def skill_batches(tokenizer: Any, examples: Sequence[Example], skills: Sequence[Skill],
-                  rng: random.Random, batch_size: int,
-                  replay_fraction: float) -> Iterator[list[list[int]]]:
-    """Endless batches of skill examples with base-corpus lines mixed back in.
-
-    The replay includes the other skills' noisy formats, so the fine-tune learns to leave
-    the model's behaviour on them alone: its task vector then barely disturbs theirs.
-    """
-    n_replay = round(batch_size * replay_fraction)
-    order: list[int] = []
-    while True:
-        rows = []
-        for _ in range(batch_size - n_replay):
-            if not order:
-                order = list(range(len(examples)))
-                rng.shuffle(order)
-            rows.append(tokenizer(examples[order.pop()].text)["input_ids"])
-        for _ in range(n_replay):
-            rows.append(tokenizer(pretrain_line(rng, skills))["input_ids"])
-        yield rows
-
-
-def train(model: Any, batches: Iterator[list[list[int]]], pad_id: int, cfg: Mapping[str, Any],
-          label: str) -> float:
-    """AdamW, linear warmup, then cosine decay to 10% or constant; returns the smoothed loss."""
-    import math
-
-    import torch
-
-    steps, warmup = cfg["steps"], cfg["warmup"]
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg["weight_decay"]},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["lr"], betas=(0.9, 0.98), eps=cfg["adam_eps"],
-    )
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if not cfg["cosine"]:
-            return 1.0
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    model.train()
-    smoothed = float("nan")
-    start = time.perf_counter()
-    for step in range(steps):
-        rows = next(batches)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        labels = ids.masked_fill(mask == 0, -100)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        smoothed = value if math.isnan(smoothed) else 0.9 * smoothed + 0.1 * value
-        if (step + 1) % 50 == 0 or step + 1 == steps:
-            elapsed = time.perf_counter() - start
-            print(f"  [{label}] step {step + 1}/{steps} loss {smoothed:.3f} ({elapsed:.0f}s)",
-                  file=sys.stderr, flush=True)
-    model.eval()
-    return smoothed
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def write_task(tasks_dir: Path, task: str, examples: Sequence[Example]) -> Path:
-    """Write one lm-eval multiple-choice task: a JSONL test split and its YAML."""
-    data = (tasks_dir / f"{task}.jsonl").resolve()
-    with data.open("w") as fh:
-        for ex in examples:
-            fh.write(json.dumps({"context": ex.context, "choices": list(ex.choices),
-                                 "gold": ex.gold}) + "\n")
-    write_task_yaml(tasks_dir, task)
-    return data
-
-
-def write_task_yaml(tasks_dir: Path, task: str) -> None:
-    """The YAML points at its JSONL by absolute path (lm-eval resolves data relative to cwd)."""
-    data = (tasks_dir / f"{task}.jsonl").resolve()
-    yaml_text = f"""# Generated by scripts/make_tiny_family.py; do not edit.
-task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {json.dumps(str(data))}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: choices
-doc_to_target: gold
-target_delimiter: " "
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-"""
-    (tasks_dir / f"{task}.yaml").write_text(yaml_text)
+HERE = Path(__file__).resolve().parent
+# The builder's parts (scripts/ is not a package): hashed into the fingerprint, in this order.
+PARTS = ("tiny_skills", "tiny_training")
+
+
+def _part(name: str) -> ModuleType:
+    """scripts/<name>.py, loaded once by path."""
+    key = f"_tiny_family_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # before exec: its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+tiny_skills = _part("tiny_skills")
+tiny_training = _part("tiny_training")
 
 
 def fingerprint() -> str:
-    """sha256 over this file's source and PARAMS: any change to either forces a rebuild."""
+    """sha256 over the builder's sources and PARAMS: any change to either forces a rebuild."""
     digest = hashlib.sha256()
     digest.update(Path(__file__).read_bytes())
+    for name in PARTS:
+        digest.update((HERE / f"{name}.py").read_bytes())
     digest.update(json.dumps(PARAMS, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -530,7 +145,7 @@ def _relocate(out_dir: Path, family: dict[str, Any]) -> dict[str, Any]:
     """A cached family moved or copied elsewhere: repoint paths (YAMLs hold absolute paths)."""
     tasks_dir = out_dir / "tasks"
     for task in family["tasks"].values():
-        write_task_yaml(tasks_dir, task["name"])
+        tiny_skills.write_task_yaml(tasks_dir, task["name"])
         task["data"] = str((tasks_dir / f"{task['name']}.jsonl").resolve())
         task["yaml"] = str((tasks_dir / f"{task['name']}.yaml").resolve())
     family["root"] = str(out_dir)
@@ -576,7 +191,7 @@ def build_linked(link: Path, force: bool = False) -> dict[str, Any]:
 
 def _family_cache() -> ModuleType:
     """scripts/family_cache.py (scripts/ is not a package)."""
-    path = Path(__file__).resolve().parent / "family_cache.py"
+    path = HERE / "family_cache.py"
     spec = importlib.util.spec_from_file_location("_family_cache", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -596,19 +211,24 @@ def _build(out_dir: Path, fp: str) -> dict[str, Any]:
     tasks_dir = out_dir / "tasks"
     tasks_dir.mkdir(parents=True)
 
-    skills = make_skills(random.Random(seed))
+    skills = tiny_skills.make_skills(random.Random(seed), PARAMS["skills"])
     splits = {
-        s.name: split_examples(s, random.Random(f"{seed}-{s.name}-data"),
+        s.name: tiny_skills.split_examples(s, random.Random(f"{seed}-{s.name}-data"),
                                PARAMS["n_train_examples"], PARAMS["n_test"])
         for s in skills
     }
-    generic_vocab = (DETERMINERS + ADJECTIVES + NOUNS + VERBS + PREPOSITIONS + ADVERBS
-                     + CONJUNCTIONS + ["."])
+    generic_vocab = tiny_skills.generic_vocabulary()
     vocab_sets = [set(generic_vocab)] + [set(s.vocabulary()) for s in skills]
     for i, a in enumerate(vocab_sets):
         for b in vocab_sets[i + 1:]:
-            assert not a & b, f"vocabularies overlap: {sorted(a & b)}"
-    tokenizer = train_tokenizer(generic_vocab + [w for s in skills for w in s.vocabulary()])
+            if a & b:
+                raise RuntimeError(f"vocabularies overlap: {sorted(a & b)}")
+    tokenizer = tiny_training.train_tokenizer(
+        generic_vocab + [w for s in skills for w in s.vocabulary()],
+        PARAMS["tokenizer"]["vocab_size"], PARAMS["model"]["max_position_embeddings"])
+
+    def corpus_line(rng: random.Random) -> str:
+        return tiny_skills.pretrain_line(rng, skills, PARAMS["base"]["format_fraction"])
 
     def save(model: Any, name: str) -> Path:
         path = out_dir / name
@@ -618,13 +238,13 @@ def _build(out_dir: Path, fp: str) -> dict[str, Any]:
 
     timings: dict[str, float] = {}
     torch.manual_seed(seed)
-    base = new_model(tokenizer)
+    base = tiny_training.new_model(tokenizer, PARAMS["model"])
     cfg = PARAMS["base"]
     t = time.perf_counter()
-    base_loss = train(
+    base_loss = tiny_training.train(
         base,
-        pretrain_batches(tokenizer, skills, random.Random(f"{seed}-base"), cfg["batch_size"],
-                         cfg["seq_len"]),
+        tiny_training.pretrain_batches(tokenizer, corpus_line, random.Random(f"{seed}-base"),
+                                       cfg["batch_size"], cfg["seq_len"]),
         tokenizer.pad_token_id, cfg, "base",
     )
     timings["base"] = time.perf_counter() - t
@@ -637,14 +257,14 @@ def _build(out_dir: Path, fp: str) -> dict[str, Any]:
     cfg = PARAMS["finetune"]
     for skill in skills:
         torch.manual_seed(seed)
-        model = new_model(tokenizer)
+        model = tiny_training.new_model(tokenizer, PARAMS["model"])
         model.load_state_dict(base_state)
         t = time.perf_counter()
-        loss = train(
+        loss = tiny_training.train(
             model,
-            skill_batches(tokenizer, splits[skill.name][0], skills,
-                          random.Random(f"{seed}-{skill.name}"), cfg["batch_size"],
-                          cfg["replay_fraction"]),
+            tiny_training.skill_batches(tokenizer, splits[skill.name][0], corpus_line,
+                                        random.Random(f"{seed}-{skill.name}"),
+                                        cfg["batch_size"], cfg["replay_fraction"]),
             tokenizer.pad_token_id, cfg, f"ft_{skill.name}",
         )
         timings[f"ft_{skill.name}"] = time.perf_counter() - t
@@ -658,7 +278,7 @@ def _build(out_dir: Path, fp: str) -> dict[str, Any]:
 
     tasks: dict[str, dict[str, Any]] = {}
     for skill in skills:
-        data = write_task(tasks_dir, skill.task, splits[skill.name][1])
+        data = tiny_skills.write_task(tasks_dir, skill.task, splits[skill.name][1])
         tasks[skill.name] = {"name": skill.task, "data": str(data),
                              "yaml": str((tasks_dir / f"{skill.task}.yaml").resolve()),
                              "n_test": len(splits[skill.name][1]), "num_choices": 4,
@@ -715,7 +335,8 @@ def evaluate(models: Mapping[str, Any], tasks_dir: Path, task_names: Sequence[st
         lm = HFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=batch_size)
         result = simple_evaluate(model=lm, tasks=list(task_names), task_manager=task_manager,
                                  log_samples=False, verbosity="ERROR")
-        assert result is not None
+        if result is None:
+            raise RuntimeError("lm-eval returned no results (not the main rank?)")
         scores[label] = {t: float(result["results"][t]["acc,none"]) for t in task_names}
     return scores
 

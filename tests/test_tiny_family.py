@@ -136,8 +136,8 @@ def test_task_text_is_held_out_from_training(tiny_family: dict, builder) -> None
     import random
 
     seed = builder.PARAMS["seed"]
-    for skill in builder.make_skills(random.Random(seed)):
-        train, test = builder.split_examples(
+    for skill in builder.tiny_skills.make_skills(random.Random(seed), builder.PARAMS["skills"]):
+        train, test = builder.tiny_skills.split_examples(
             skill, random.Random(f"{seed}-{skill.name}-data"),
             builder.PARAMS["n_train_examples"], builder.PARAMS["n_test"])
         data = Path(tiny_family["tasks"][skill.name]["data"])
