@@ -16,9 +16,9 @@ score, and what a screened search finds at a quarter of the item budget.
    finished seed, so the same command run again goes on where it stopped.
 
 Run from the repo root after `make models` (`make smol-family` for --family smol):
-``python bench/fitness_estimation.py [--family tiny|smol] [--candidates 64] [--limit 80]
-[--anchors 4,8,16] [--search-seeds 5] [--budget 48] [--search-json F] [--save F | --load F]
-[--markdown]``
+``python bench/fitness_estimation.py [--family tiny|smol] [--candidates 64]
+[--estimation-seed 0] [--limit 80] [--anchors 4,8,16] [--search-seeds 5] [--budget 48]
+[--search-json F] [--save F | --load F] [--markdown]``
 """
 
 from __future__ import annotations
@@ -176,6 +176,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", default="tiny", choices=["tiny", "smol"])
     ap.add_argument("--candidates", type=int, default=64)
+    ap.add_argument("--estimation-seed", type=int, default=0,
+                    help="seed of the estimation part's search: other seeds, other "
+                         "candidates, to see how much one search's Spearman varies")
     ap.add_argument("--limit", type=int, default=80, help="items per task (the full subset)")
     ap.add_argument("--anchors", default="4,8,16", help="anchor items per task")
     ap.add_argument("--search-seeds", type=int, default=5)
@@ -207,7 +210,7 @@ def main() -> None:
         parent_items, cands = from_ledger(args.ledger)
     else:
         parent_items = parents(worker, genome)
-        cands = full_search(worker, genome, 0, args.candidates)
+        cands = full_search(worker, genome, args.estimation_seed, args.candidates)
     if args.save:
         Path(args.save).write_text(json.dumps({"parents": parent_items, "candidates": cands}))
     per_task = sorted({len(v["ids"]) for v in parent_items[0].values()})
